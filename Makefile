@@ -1,0 +1,43 @@
+# SLTR backend: the front door. `make` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+S := scripts
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## Install Debian packages and npm dependencies (idempotent)
+	@$(S)/install.sh
+
+dev: install ## Start the local stack and serve the functions in the foreground
+	@$(S)/stack.sh db
+	@$(S)/stack.sh functions
+
+start: install ## Start the local stack in the background; returns when ready
+	@$(S)/stack.sh start
+
+stop: ## Stop the local stack
+	@$(S)/stack.sh stop
+
+status: ## Print URLs and keys as NAME=value lines
+	@$(S)/stack.sh status
+
+migrate: ## Apply pending migrations (dbmate)
+	@$(S)/db.sh migrate
+
+rollback: ## Roll back the latest migration (dbmate)
+	@$(S)/db.sh rollback
+
+db-status: ## List applied and pending migrations
+	@$(S)/db.sh status
+
+psql: ## Open psql on the local database
+	@source $(S)/lib.sh && exec psql "$$DB_URL"
+
+lint: install ## squawk on migrations/, deno lint and fmt --check
+	@$(S)/test.sh lint
+
+test: install ## Run every suite: lint, pgTAP, migrations, Deno
+	@$(S)/test.sh all
+
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test

@@ -1,0 +1,29 @@
+// Local edge-functions server: serves every function under /functions/v1/<name>, with
+// Supabase's verify_jwt behaviour, on the port `supabase start` uses (54321).
+// Hosted Supabase runs each functions/<name>/index.ts on its own; this is their local host.
+import { requireJwt } from "../_shared/auth.ts";
+import { error, HttpError, preflight } from "../_shared/http.ts";
+import { functions } from "./registry.ts";
+
+const port = Number(Deno.env.get("FUNCTIONS_PORT") ?? "54321");
+
+async function route(req: Request): Promise<Response> {
+  const url = new URL(req.url);
+  const match = /^\/functions\/v1\/([a-z0-9-]+)\/?$/.exec(url.pathname);
+  const fn = match ? functions[match[1]] : undefined;
+  if (!fn) return error("function_not_found", `No function at ${url.pathname}.`, 404);
+  const pre = preflight(req);
+  if (pre) return pre;
+  if (fn.verifyJwt) {
+    try {
+      await requireJwt(req);
+    } catch (e) {
+      if (e instanceof HttpError) return error(e.code, e.message, e.status);
+      throw e;
+    }
+  }
+  return await fn.handler(req);
+}
+
+Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, route);
+console.log(JSON.stringify({ level: "info", msg: "functions served", url: `http://127.0.0.1:${port}/functions/v1` }));

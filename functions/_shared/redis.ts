@@ -1,0 +1,39 @@
+// Redis is a cache, never the only copy: every call here fails fast and returns a
+// "degraded" signal instead of throwing, so a Redis outage never becomes a 5xx.
+import { Redis } from "ioredis";
+import { env } from "./env.ts";
+
+let client: Redis | undefined;
+
+export function redis(): Redis | undefined {
+  const url = env().redisUrl;
+  if (!url) return undefined;
+  client ??= new Redis(url, {
+    lazyConnect: false,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    connectTimeout: 500,
+    commandTimeout: 250,
+    retryStrategy: (times) => Math.min(times * 100, 1000),
+  });
+  client.on("error", () => {}); // reported per call as degraded
+  return client;
+}
+
+export type Cached<T> = { ok: true; value: T } | { ok: false };
+
+/** Runs a Redis operation; any failure (down, timeout) is `{ ok: false }`. */
+export async function tryRedis<T>(op: (r: Redis) => Promise<T>): Promise<Cached<T>> {
+  const r = redis();
+  if (!r || r.status !== "ready") return { ok: false };
+  try {
+    return { ok: true, value: await op(r) };
+  } catch {
+    return { ok: false };
+  }
+}
+
+export function closeRedis(): void {
+  client?.disconnect();
+  client = undefined;
+}

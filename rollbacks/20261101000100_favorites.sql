@@ -1,0 +1,2 @@
+-- Undo v2.
+drop table if exists public.favorites;

@@ -1,0 +1,2 @@
+-- Undo v3.
+drop table if exists public.subscriptions;

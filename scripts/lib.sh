@@ -1,0 +1,56 @@
+# Shared settings and helpers for the local stack scripts. Source it; do not run it.
+# shellcheck shell=bash
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${SLTR_STATE_DIR:-$ROOT/.state}"
+RUN_DIR="$STATE/run"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+PGDATA_DIR="$STATE/pg"
+NODE_BIN="$ROOT/node_modules/.bin"
+
+# Local defaults (committed, local-only), overridable from the environment.
+set -a
+# shellcheck source=../supabase/local.env
+. "$ROOT/supabase/local.env"
+set +a
+
+DB_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/postgres"
+POOLER_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres"
+REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
+API_URL="http://127.0.0.1:${FUNCTIONS_PORT}"
+FUNCTIONS_URL="$API_URL/functions/v1"
+export DB_URL POOLER_URL REDIS_URL API_URL FUNCTIONS_URL DO_NOT_TRACK=1
+
+log() { printf '\033[1m[sltr]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31m[sltr] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# Postgres and PgBouncer refuse to run as root: run them as the postgres system user then.
+as_db() {
+  if is_root; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(head -n1 "$1")" 2>/dev/null; }
+
+# Refuse to start a service on a port that somebody else holds, naming both.
+require_free_port() {
+  local port=$1 what=$2
+  if port_open "$port"; then
+    die "port $port ($what) is already in use by another process; stop it or change ${3:-the port} in supabase/local.env"
+  fi
+}
+
+wait_for() {
+  local what=$1 tries=$2; shift 2
+  for _ in $(seq "$tries"); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  die "$what did not become ready; see the logs in $STATE/log"
+}
+
+psql_db() { PGOPTIONS="-c client_min_messages=warning" PGPASSWORD="$POSTGRES_PASSWORD" psql -X -v ON_ERROR_STOP=1 -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }

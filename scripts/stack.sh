@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# The local stack: Postgres 15 (54322), PgBouncer (54329), Redis (54379) and the edge
+# functions (54321), all on loopback, all state in .state/.
+#   stack.sh start       start what is not running, bootstrap, migrate, seed; returns when ready
+#   stack.sh stop        stop everything
+#   stack.sh status      NAME=value lines, like `supabase status -o env`
+#   stack.sh functions   serve the functions in the foreground (make dev)
+. "$(dirname "$0")/lib.sh"
+
+LOG_DIR="$STATE/log"
+
+prepare_dirs() {
+  mkdir -p "$STATE" "$RUN_DIR" "$LOG_DIR" "$STATE/redis"
+  if is_root; then
+    # The postgres user needs to reach the state folder through every parent.
+    chmod o+x "$STATE"
+    chown postgres:postgres "$RUN_DIR" "$LOG_DIR"
+    local d="$STATE"
+    while [ "$d" != / ]; do chmod o+x "$d" 2>/dev/null || true; d=$(dirname "$d"); done
+  fi
+}
+
+init_postgres() {
+  [ -f "$PGDATA_DIR/PG_VERSION" ] && return 0
+  log "initialising Postgres cluster in $PGDATA_DIR"
+  mkdir -p "$PGDATA_DIR"
+  is_root && chown postgres:postgres "$PGDATA_DIR"
+  local pwfile="$RUN_DIR/pwfile"
+  printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+  is_root && chown postgres:postgres "$pwfile"
+  as_db "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres --pwfile="$pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$LOG_DIR/initdb.log"
+  rm -f "$pwfile"
+  cat >>"$PGDATA_DIR/postgresql.conf" <<CONF
+
+# --- SLTR local stack ---
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$RUN_DIR'
+max_connections = 300
+shared_buffers = 256MB
+shared_preload_libraries = 'pg_cron,pg_stat_statements'
+cron.database_name = 'postgres'
+# pg_cron 1.4 runs jobs in background workers, so it needs no password over libpq.
+cron.use_background_workers = on
+max_worker_processes = 32
+pg_stat_statements.track = all
+track_io_timing = on
+log_min_duration_statement = 1000
+wal_level = logical
+CONF
+}
+
+start_postgres() {
+  if as_db "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then return 0; fi
+  require_free_port "$PG_PORT" Postgres PG_PORT
+  log "starting Postgres on 127.0.0.1:$PG_PORT"
+  as_db "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null \
+    || die "Postgres did not start; see $LOG_DIR/postgres.log"
+}
+
+start_pgbouncer() {
+  pid_alive "$RUN_DIR/pgbouncer.pid" && return 0
+  require_free_port "$PGBOUNCER_PORT" PgBouncer PGBOUNCER_PORT
+  cat >"$RUN_DIR/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBOUNCER_PORT
+unix_socket_dir = $RUN_DIR
+pidfile = $RUN_DIR/pgbouncer.pid
+logfile = $LOG_DIR/pgbouncer.log
+auth_type = scram-sha-256
+auth_file = $RUN_DIR/pgbouncer.users
+admin_users = postgres
+stats_users = postgres
+pool_mode = transaction
+; The cap: never more than this many server connections to Postgres.
+max_db_connections = $POOL_MAX_SERVER_CONNECTIONS
+default_pool_size = $POOL_MAX_SERVER_CONNECTIONS
+max_client_conn = 10000
+server_idle_timeout = 60
+query_wait_timeout = 120
+ignore_startup_parameters = extra_float_digits,search_path
+INI
+  printf '"postgres" "%s"\n' "$POSTGRES_PASSWORD" >"$RUN_DIR/pgbouncer.users"
+  if is_root; then
+    chown postgres:postgres "$RUN_DIR/pgbouncer.ini" "$RUN_DIR/pgbouncer.users"
+    chmod 600 "$RUN_DIR/pgbouncer.users"
+    pgbouncer -d -u postgres "$RUN_DIR/pgbouncer.ini"
+  else
+    chmod 600 "$RUN_DIR/pgbouncer.users"
+    pgbouncer -d "$RUN_DIR/pgbouncer.ini"
+  fi
+  log "starting PgBouncer on 127.0.0.1:$PGBOUNCER_PORT (transaction mode, max $POOL_MAX_SERVER_CONNECTIONS server connections)"
+  wait_for PgBouncer 100 port_open "$PGBOUNCER_PORT"
+}
+
+start_redis() {
+  pid_alive "$RUN_DIR/redis.pid" && return 0
+  require_free_port "$REDIS_PORT" Redis REDIS_PORT
+  log "starting Redis on 127.0.0.1:$REDIS_PORT"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
+    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --dir "$STATE/redis" \
+    --save '' --appendonly no --maxmemory 512mb --maxmemory-policy allkeys-lru >/dev/null
+  wait_for Redis 100 redis-cli -p "$REDIS_PORT" ping
+}
+
+# Platform layer: what hosted Supabase already has before any migration runs.
+bootstrap_db() {
+  psql_db -d postgres -c "alter database postgres set search_path to \"\$user\", public, extensions" \
+    -c "create schema if not exists extensions" \
+    -c "create extension if not exists pg_stat_statements with schema extensions" \
+    -c "create extension if not exists pg_cron" \
+    -c "create extension if not exists postgis with schema extensions" \
+    -c "create extension if not exists pgtap with schema extensions" >/dev/null
+  psql_db -d postgres -f "$ROOT/supabase/bootstrap.sql" >/dev/null
+}
+
+functions_env() {
+  export SUPABASE_URL="$API_URL" SUPABASE_ANON_KEY="$ANON_KEY" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY"
+  export SUPABASE_DB_URL="$POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL PRESENCE_WEBHOOK_SECRET
+  export FUNCTIONS_PORT
+}
+
+serve_cmd=("$NODE_BIN/deno" run --allow-net --allow-env --allow-read --allow-sys "$ROOT/functions/_serve/main.ts")
+
+start_functions() {
+  pid_alive "$RUN_DIR/functions.pid" && return 0
+  require_free_port "$FUNCTIONS_PORT" "edge functions" FUNCTIONS_PORT
+  functions_env
+  log "serving functions on $FUNCTIONS_URL"
+  (cd "$ROOT" && exec nohup "${serve_cmd[@]}" >>"$LOG_DIR/functions.log" 2>&1) &
+  echo $! >"$RUN_DIR/functions.pid"
+  wait_for "the functions server" 150 curl -fsS "$FUNCTIONS_URL/health"
+}
+
+stop_one() {
+  local name=$1 pidfile=$2
+  if pid_alive "$pidfile"; then
+    log "stopping $name"
+    kill "$(head -n1 "$pidfile")" 2>/dev/null || true
+    for _ in $(seq 50); do pid_alive "$pidfile" || break; sleep 0.1; done
+  fi
+  rm -f "$pidfile"
+}
+
+case "${1:-}" in
+  start|db)
+    prepare_dirs
+    init_postgres
+    start_postgres
+    start_pgbouncer
+    start_redis
+    bootstrap_db
+    "$ROOT/scripts/db.sh" migrate
+    psql_db -d postgres -f "$ROOT/seed.sql" >/dev/null
+    [ "$1" = start ] && start_functions
+    log "ready: $FUNCTIONS_URL (make status for URLs and keys)"
+    ;;
+  functions)
+    functions_env
+    require_free_port "$FUNCTIONS_PORT" "edge functions" FUNCTIONS_PORT
+    log "serving functions on $FUNCTIONS_URL (Ctrl-C stops them; make stop stops the rest)"
+    cd "$ROOT" && exec "${serve_cmd[@]}"
+    ;;
+  restart-functions)
+    stop_one functions "$RUN_DIR/functions.pid"
+    prepare_dirs
+    start_functions
+    ;;
+  stop)
+    stop_one functions "$RUN_DIR/functions.pid"
+    stop_one Redis "$RUN_DIR/redis.pid"
+    stop_one PgBouncer "$RUN_DIR/pgbouncer.pid"
+    if [ -f "$PGDATA_DIR/PG_VERSION" ] && as_db "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
+      log "stopping Postgres"
+      as_db "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null
+    fi
+    ;;
+  status)
+    cat <<ENV
+API_URL=$API_URL
+FUNCTIONS_URL=$FUNCTIONS_URL
+DB_URL=$DB_URL
+POOLER_URL=$POOLER_URL
+REDIS_URL=$REDIS_URL
+JWT_SECRET=$JWT_SECRET
+ANON_KEY=$ANON_KEY
+SERVICE_ROLE_KEY=$SERVICE_ROLE_KEY
+PRESENCE_WEBHOOK_SECRET=$PRESENCE_WEBHOOK_SECRET
+ENV
+    running() { if "$@" >/dev/null 2>&1; then echo running; else echo stopped; fi; }
+    echo "POSTGRES_STATUS=$(running port_open "$PG_PORT")"
+    echo "PGBOUNCER_STATUS=$(running port_open "$PGBOUNCER_PORT")"
+    echo "REDIS_STATUS=$(running port_open "$REDIS_PORT")"
+    echo "FUNCTIONS_STATUS=$(running curl -fsS "$FUNCTIONS_URL/health")"
+    ;;
+  *) die "usage: $0 start|stop|status|functions|restart-functions" ;;
+esac

@@ -26,4 +26,10 @@ async function route(req: Request): Promise<Response> {
 }
 
 Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, route);
-console.log(JSON.stringify({ level: "info", msg: "functions served", url: `http://127.0.0.1:${port}/functions/v1` }));
+console.log(
+  JSON.stringify({
+    level: "info",
+    msg: "functions served",
+    url: `http://127.0.0.1:${port}/functions/v1`,
+  }),
+);

@@ -19,7 +19,11 @@ export async function verifyJwt(token: string): Promise<Claims> {
     if (typeof payload.role !== "string") throw new Error("no role claim");
     return payload as Claims;
   } catch {
-    throw new HttpError(401, "invalid_jwt", "The JWT is missing, malformed, expired or not signed by this project.");
+    throw new HttpError(
+      401,
+      "invalid_jwt",
+      "The JWT is missing, malformed, expired or not signed by this project.",
+    );
   }
 }
 
@@ -32,7 +36,9 @@ export function bearerToken(req: Request): string | undefined {
 /** Supabase's verify_jwt: any valid project JWT (anon key, user, service_role). */
 export async function requireJwt(req: Request): Promise<Claims> {
   const token = bearerToken(req);
-  if (!token) throw new HttpError(401, "missing_jwt", "An Authorization: Bearer <JWT> header is required.");
+  if (!token) {
+    throw new HttpError(401, "missing_jwt", "An Authorization: Bearer <JWT> header is required.");
+  }
   return await verifyJwt(token);
 }
 

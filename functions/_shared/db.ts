@@ -21,8 +21,19 @@ export function sql(): Sql {
 }
 
 const unavailableCodes = new Set([
-  "ECONNREFUSED", "ECONNRESET", "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED",
-  "CONNECTION_DESTROYED", "57P01", "57P02", "57P03", "08000", "08001", "08003", "08006",
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "57P01",
+  "57P02",
+  "57P03",
+  "08000",
+  "08001",
+  "08003",
+  "08006",
 ]);
 
 /** Postgres unreachable (down, restarting, pooler refusing): the caller should retry. */
@@ -37,9 +48,14 @@ export async function query<T>(run: (sql: Sql) => Promise<T>): Promise<T> {
     return await run(sql());
   } catch (e) {
     if (isUnavailable(e)) {
-      throw new HttpError(503, "database_unavailable", "The database is unreachable; retry shortly.", {
-        "retry-after": "2",
-      });
+      throw new HttpError(
+        503,
+        "database_unavailable",
+        "The database is unreachable; retry shortly.",
+        {
+          "retry-after": "2",
+        },
+      );
     }
     throw e;
   }

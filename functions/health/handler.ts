@@ -9,6 +9,11 @@ export const handler = serveJson("health", async (req) => {
     query((sql) => sql`select 1 as ok`).then(() => true, () => false),
     tryRedis((r) => r.ping()),
   ]);
-  const body = { status: db ? "ok" : "unavailable", database: db, redis: cache.ok, degraded: !cache.ok };
+  const body = {
+    status: db ? "ok" : "unavailable",
+    database: db,
+    redis: cache.ok,
+    degraded: !cache.ok,
+  };
   return json(body, db ? 200 : 503, db ? {} : { "retry-after": "2" });
 });

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every suite, against the real local stack (started here if it is not running).
+#   test.sh all | lint | db | migrations | deno [deno test args...]
+. "$(dirname "$0")/lib.sh"
+
+failed=()
+passed=()
+suite() {
+  local name=$1; shift
+  log "suite: $name"
+  if "$@"; then passed+=("$name"); else failed+=("$name"); log "suite $name FAILED"; fi
+}
+
+lint() {
+  "$NODE_BIN/squawk" "$ROOT"/migrations/*.sql
+  (cd "$ROOT" && "$NODE_BIN/deno" lint -q && "$NODE_BIN/deno" fmt --check -q && "$NODE_BIN/deno" check -q functions tests bench)
+}
+
+db_tests() {
+  psql_db -d postgres -f "$ROOT/tests/db/_helpers.sql" >/dev/null
+  (cd "$ROOT" && PGPASSWORD="$POSTGRES_PASSWORD" pg_prove -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+    --ext .sql tests/db/*.test.sql)
+}
+
+migration_tests() {
+  (cd "$ROOT" && prove --exec bash tests/migrations.sh)
+}
+
+deno_tests() {
+  (cd "$ROOT" && SUPABASE_URL="$API_URL" SUPABASE_ANON_KEY="$ANON_KEY" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY" \
+    SUPABASE_DB_URL="$POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL="$REDIS_URL" \
+    PRESENCE_WEBHOOK_SECRET="$PRESENCE_WEBHOOK_SECRET" SLTR_ROOT="$ROOT" DB_URL="$DB_URL" \
+    "$NODE_BIN/deno" test -A --no-check=remote "$@")
+}
+
+case "${1:-all}" in
+  lint) lint ;;
+  db) "$ROOT/scripts/stack.sh" start >/dev/null && db_tests ;;
+  migrations) "$ROOT/scripts/stack.sh" db >/dev/null && migration_tests ;;
+  deno) shift; "$ROOT/scripts/stack.sh" start >/dev/null && deno_tests "$@" ;;
+  all)
+    started=$(date +%s)
+    suite lint lint
+    "$ROOT/scripts/stack.sh" start
+    suite pgtap db_tests
+    suite migrations migration_tests
+    suite deno deno_tests
+    log "finished in $(( $(date +%s) - started )) s"
+    echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
+    [ ${#failed[@]} -eq 0 ] || { log "failed suites: ${failed[*]}"; exit 1; }
+    ;;
+  *) die "usage: $0 all|lint|db|migrations|deno" ;;
+esac

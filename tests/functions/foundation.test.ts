@@ -1,0 +1,84 @@
+// The functions server: routing, Supabase's verify_jwt rules, and health.
+import assert from "node:assert/strict";
+import { verifyJwt } from "../../functions/_shared/auth.ts";
+import { functions } from "../../functions/_serve/registry.ts";
+import { ANON_KEY, FUNCTIONS_URL, SERVICE_ROLE_KEY, unsignedJwt, userJwt } from "./_helpers.ts";
+
+Deno.test("health_answers_with_database_and_redis_state", async () => {
+  const res = await fetch(`${FUNCTIONS_URL}/health`);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("content-type"), "application/json");
+  assert.deepEqual(await res.json(), {
+    status: "ok",
+    database: true,
+    redis: true,
+    degraded: false,
+  });
+});
+
+Deno.test("unknown_function_is_a_404_json_error", async () => {
+  const res = await fetch(`${FUNCTIONS_URL}/no-such-function`);
+  assert.equal(res.status, 404);
+  assert.equal((await res.json()).error.code, "function_not_found");
+});
+
+Deno.test("health_refuses_other_methods_with_405", async () => {
+  const res = await fetch(`${FUNCTIONS_URL}/health`, { method: "DELETE" });
+  assert.equal(res.status, 405);
+  assert.equal((await res.json()).error.code, "method_not_allowed");
+});
+
+Deno.test("cors_preflight_is_answered", async () => {
+  const res = await fetch(`${FUNCTIONS_URL}/health`, { method: "OPTIONS" });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("access-control-allow-origin"), "*");
+  await res.body?.cancel();
+});
+
+Deno.test("verify_jwt_accepts_the_local_anon_and_service_role_keys", async () => {
+  assert.equal((await verifyJwt(ANON_KEY)).role, "anon");
+  assert.equal((await verifyJwt(SERVICE_ROLE_KEY)).role, "service_role");
+  assert.equal(
+    (await verifyJwt(await userJwt("7f0c4a5e-0000-4000-a000-000000000001"))).role,
+    "authenticated",
+  );
+});
+
+Deno.test("verify_jwt_rejects_forged_expired_and_unsigned_tokens", async () => {
+  const sub = "7f0c4a5e-0000-4000-a000-000000000001";
+  const forged = await userJwt(sub, { secret: "not-the-project-secret-not-the-project-secret" });
+  const expired = await userJwt(sub, { expiresIn: Math.floor(Date.now() / 1000) - 60 });
+  const [h, p] = ANON_KEY.split(".");
+  const tampered = `${h}.${p.slice(0, -2)}xx.${ANON_KEY.split(".")[2]}`;
+  for (
+    const token of [forged, expired, tampered, unsignedJwt({ role: "service_role" }), "garbage"]
+  ) {
+    await assert.rejects(verifyJwt(token), (e: { status?: number }) => e.status === 401);
+  }
+});
+
+Deno.test("every_function_with_verify_jwt_refuses_calls_without_a_valid_jwt", async () => {
+  for (const [name, fn] of Object.entries(functions)) {
+    if (!fn.verifyJwt) continue;
+    for (const auth of [undefined, "Bearer garbage", `Bearer ${unsignedJwt({ role: "anon" })}`]) {
+      const res = await fetch(`${FUNCTIONS_URL}/${name}`, {
+        headers: auth ? { authorization: auth } : {},
+      });
+      assert.equal(res.status, 401, `${name} with ${auth}`);
+      assert.ok((await res.json()).error.code, `${name} answers a JSON error`);
+    }
+  }
+});
+
+Deno.test("the_server_registry_agrees_with_supabase_config_toml", async () => {
+  const root = Deno.env.get("SLTR_ROOT") ?? ".";
+  const toml = await Deno.readTextFile(`${root}/supabase/config.toml`);
+  const configured: Record<string, boolean> = {};
+  for (
+    const m of toml.matchAll(/^\[functions\.([a-z0-9-]+)\]\s*\nverify_jwt\s*=\s*(true|false)/gm)
+  ) {
+    configured[m[1]] = m[2] === "true";
+  }
+  const served = Object.fromEntries(Object.entries(functions).map(([k, v]) => [k, v.verifyJwt]));
+  assert.deepEqual(served, configured);
+});

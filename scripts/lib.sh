@@ -9,11 +9,11 @@ PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PGDATA_DIR="$STATE/pg"
 NODE_BIN="$ROOT/node_modules/.bin"
 
-# Local defaults (committed, local-only), overridable from the environment.
-set -a
-# shellcheck source=../supabase/local.env
-. "$ROOT/supabase/local.env"
-set +a
+# Local defaults (committed, local-only); a variable already in the environment wins.
+while IFS='=' read -r key value; do
+  case "$key" in ''|\#*) continue ;; esac
+  [ -n "${!key:-}" ] || export "$key=$value"
+done <"$ROOT/supabase/local.env"
 
 DB_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/postgres"
 POOLER_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres"

@@ -13,7 +13,9 @@ suite() {
 
 lint() {
   "$NODE_BIN/squawk" "$ROOT"/migrations/*.sql
-  (cd "$ROOT" && "$NODE_BIN/deno" lint -q && "$NODE_BIN/deno" fmt --check -q && "$NODE_BIN/deno" check -q functions tests bench)
+  local dirs=()
+  for d in functions tests bench client; do [ -d "$ROOT/$d" ] && dirs+=("$d"); done
+  (cd "$ROOT" && "$NODE_BIN/deno" lint -q && "$NODE_BIN/deno" fmt --check -q && "$NODE_BIN/deno" check -q "${dirs[@]}")
 }
 
 db_tests() {

@@ -40,4 +40,8 @@ lint: install ## squawk on migrations/, deno lint and fmt --check
 test: install ## Run every suite: lint, pgTAP, migrations, Deno
 	@$(S)/test.sh all
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test
+BENCH_ARGS ?= --users 50000 --online-ratio 0.1 --duration 60
+bench: start ## Benchmark against the local stack (BENCH_ARGS="--users 1000000 ...")
+	@source $(S)/lib.sh && cd bench/.. && "$$NODE_BIN/deno" run -A bench/run.ts $(BENCH_ARGS)
+
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bench

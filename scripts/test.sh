@@ -25,7 +25,7 @@ db_tests() {
 }
 
 migration_tests() {
-  (cd "$ROOT" && prove --exec bash tests/migrations.sh)
+  (cd "$ROOT" && prove --exec bash tests/stack.sh tests/migrations.sh)
 }
 
 deno_tests() {

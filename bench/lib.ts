@@ -1,0 +1,159 @@
+// Benchmark plumbing: arguments, HdrHistogram percentiles, a progress bar, rate pacing.
+import * as hdr from "hdr-histogram-js";
+
+export interface Args {
+  users: number;
+  onlineRatio: number;
+  duration: number;
+  warmup: number;
+  out: string;
+  smoke: boolean;
+  keep: boolean;
+  pollingDuration: number;
+}
+
+export function parseArgs(argv: string[]): Args {
+  const args: Args = {
+    users: 50_000,
+    onlineRatio: 0.1,
+    duration: 60,
+    warmup: 5,
+    out: "bench/results",
+    smoke: false,
+    keep: false,
+    pollingDuration: -1,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const [flag, inline] = argv[i].split("=", 2);
+    const value = () => inline ?? argv[++i];
+    switch (flag) {
+      case "--users":
+        args.users = Number(value());
+        break;
+      case "--online-ratio":
+        args.onlineRatio = Number(value());
+        break;
+      case "--duration":
+        args.duration = Number(value());
+        break;
+      case "--warmup":
+        args.warmup = Number(value());
+        break;
+      case "--polling-duration":
+        args.pollingDuration = Number(value());
+        break;
+      case "--out":
+        args.out = value();
+        break;
+      case "--smoke":
+        args.smoke = true;
+        break;
+      case "--keep":
+        args.keep = true;
+        break;
+      default:
+        throw new Error(`unknown argument ${argv[i]}`);
+    }
+  }
+  if (
+    !(args.users >= 100) || !(args.onlineRatio > 0 && args.onlineRatio <= 1) || !(args.duration > 0)
+  ) {
+    throw new Error("--users >= 100, 0 < --online-ratio <= 1, --duration > 0");
+  }
+  if (args.pollingDuration < 0) args.pollingDuration = args.duration;
+  return args;
+}
+
+/** Latencies in microseconds, reported in milliseconds. */
+export class Latency {
+  private h = hdr.build({
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 120_000_000,
+    numberOfSignificantValueDigits: 3,
+  });
+  errors = 0;
+  statuses: Record<string, number> = {};
+
+  recordMs(ms: number, status = 200): void {
+    this.h.recordValue(Math.max(1, Math.round(ms * 1000)));
+    this.statuses[status] = (this.statuses[status] ?? 0) + 1;
+  }
+
+  get count(): number {
+    return this.h.totalCount;
+  }
+
+  pct(p: number): number {
+    return this.h.totalCount ? Math.round(this.h.getValueAtPercentile(p) / 10) / 100 : 0;
+  }
+
+  summary(): {
+    count: number;
+    errors: number;
+    p50_ms: number;
+    p95_ms: number;
+    p99_ms: number;
+    max_ms: number;
+    statuses: Record<string, number>;
+  } {
+    return {
+      count: this.count,
+      errors: this.errors,
+      p50_ms: this.pct(50),
+      p95_ms: this.pct(95),
+      p99_ms: this.pct(99),
+      max_ms: this.h.totalCount ? Math.round(this.h.maxValue / 10) / 100 : 0,
+      statuses: this.statuses,
+    };
+  }
+}
+
+/** Runs `fn` on `workers` concurrent loops at about `perSecond` in total until `until`. */
+export async function paced(
+  perSecond: number,
+  workers: number,
+  until: () => boolean,
+  fn: () => Promise<void>,
+): Promise<void> {
+  const interval = (1000 * workers) / perSecond;
+  await Promise.all(
+    Array.from({ length: workers }, async (_, w) => {
+      await sleep((interval * w) / workers);
+      let next = performance.now();
+      while (!until()) {
+        await fn();
+        next += interval;
+        const wait = next - performance.now();
+        if (wait > 0) await sleep(wait);
+        else next = performance.now(); // behind schedule: do not burst to catch up
+      }
+    }),
+  );
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function progress(label: string, done: number, total: number, extra = ""): void {
+  if (!Deno.stderr.isTerminal() && done < total && Math.floor(done) % 10 !== 0) return;
+  const width = 30;
+  const filled = Math.min(width, Math.round((done / total) * width));
+  const bar = "#".repeat(filled) + "-".repeat(width - filled);
+  const line = `${label.padEnd(10)} [${bar}] ${
+    String(Math.round((done / total) * 100)).padStart(3)
+  }% ${extra}`;
+  const enc = new TextEncoder();
+  Deno.stderr.writeSync(enc.encode(Deno.stderr.isTerminal() ? `\r${line}\x1b[K` : `${line}\n`));
+  if (done >= total && Deno.stderr.isTerminal()) Deno.stderr.writeSync(enc.encode("\n"));
+}
+
+/** Deterministic PRNG (mulberry32), so every run loads the same users. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -1,0 +1,183 @@
+// The benchmark's outputs: JSON (with the `summary` object), a Markdown table against the
+// seed's targets, and an SVG chart (latency percentiles per endpoint; polling vs presence load).
+import type { Args } from "./lib.ts";
+
+// deno-lint-ignore no-explicit-any
+type Phase = Record<string, any>;
+
+async function machine(): Promise<string> {
+  const cpu =
+    (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(/model name\s*:\s*(.+)/)
+      ?.[1] ??
+      "unknown CPU";
+  const mem = Number(
+    (await Deno.readTextFile("/proc/meminfo").catch(() => "")).match(/MemTotal:\s*(\d+)/)?.[1] ?? 0,
+  );
+  return `${navigator.hardwareConcurrency} cores (${cpu.trim()}), ${
+    Math.round(mem / 1048576)
+  } GiB RAM, ${Deno.build.os}`;
+}
+
+export async function writeReport(args: Args, started: Date, presence: Phase, polling: Phase) {
+  const endpoints = presence.endpoints as Record<
+    string,
+    { p50_ms: number; p95_ms: number; p99_ms: number; count: number; errors: number }
+  >;
+  const propagation = presence.propagation as Record<
+    string,
+    { p99_ms: number; count: number; errors: number }
+  >;
+  const summary = {
+    api_p99_ms: Math.max(...Object.values(endpoints).map((e) => e.p99_ms)),
+    propagation_p99_ms: Math.max(...Object.values(propagation).map((e) => e.p99_ms)),
+    peak_server_connections: Math.max(
+      presence.peak_server_connections,
+      polling.peak_server_connections,
+    ),
+    cache_hit_rate: Math.round(presence.cache.hit_rate * 10000) / 10000,
+    presence_db_statements_per_min: presence.presence_db_statements_per_min,
+    polling_db_statements_per_min: polling.required_statements_per_min,
+    flush_ms: presence.flush.ms,
+  };
+  const result = {
+    started_at: started.toISOString(),
+    machine: await machine(),
+    args,
+    summary,
+    presence,
+    polling,
+  };
+  await Deno.mkdir(args.out, { recursive: true });
+  const base = `${args.out}/${started.toISOString().slice(0, 10)}-${args.users}`;
+  const files = { json: `${base}.json`, md: `${base}.md`, svg: `${base}.svg` };
+  await Deno.writeTextFile(files.json, JSON.stringify(result, null, 2) + "\n");
+
+  const ok = (b: boolean) => (b ? "yes" : "**no**");
+  const rows = [
+    "| metric | target | measured | met |",
+    "| --- | --- | --- | --- |",
+    ...Object.entries(endpoints).map(([name, e]) =>
+      `| ${name} p50 / p95 / p99 | p99 < 100 ms | ${e.p50_ms} / ${e.p95_ms} / ${e.p99_ms} ms (${e.count} calls, ${e.errors} errors) | ${
+        ok(e.p99_ms < 100 && e.errors === 0)
+      } |`
+    ),
+    ...Object.entries(propagation).map(([name, e]) =>
+      `| status propagation → ${name} p99 | < 1 s | ${e.p99_ms} ms (${e.count} probes, ${e.errors} missed) | ${
+        ok(e.p99_ms < 1000 && e.errors === 0)
+      } |`
+    ),
+    `| peak Postgres server connections | <= 100 | ${presence.peak_server_connections} (presence), ${polling.peak_server_connections} (polling) | ${
+      ok(summary.peak_server_connections <= 100)
+    } |`,
+    `| cache hit rate (nearby-online) | > 90% | ${
+      (summary.cache_hit_rate * 100).toFixed(1)
+    }% (${presence.cache.hits} hits, ${presence.cache.misses} misses) | ${
+      ok(summary.cache_hit_rate > 0.9)
+    } |`,
+    `| database statements per minute for presence | | ${summary.presence_db_statements_per_min} (for ${presence.churn_events_per_s} events/s) | |`,
+    `| flush duration for the changes of one interval | | ${summary.flush_ms} ms (${presence.flush.rows_changed} rows changed) | |`,
+  ];
+  const md = [
+    `# Benchmark ${started.toISOString()}: ${args.users} users, ${
+      args.onlineRatio * 100
+    }% online, ${args.duration} s`,
+    "",
+    `Machine: ${result.machine}. Load generator: a separate Deno process on the same machine.`,
+    "",
+    ...rows,
+    "",
+    "## Polling baseline vs presence (same users)",
+    "",
+    "| design | DB statements per minute | peak server connections | read p99 |",
+    "| --- | --- | --- | --- |",
+    `| seed's polling (every client, every 30 s) | ${polling.required_statements_per_min} required, ${polling.achieved_statements_per_min} achieved | ${polling.peak_server_connections} | ${polling.latency.p99_ms} ms |`,
+    `| presence pipeline (webhook batches + cron flush) | ${summary.presence_db_statements_per_min} | ${presence.peak_server_connections} | ${summary.api_p99_ms} ms |`,
+    "",
+  ].join("\n");
+  await Deno.writeTextFile(files.md, md);
+  await Deno.writeTextFile(files.svg, svg(endpoints, polling, summary));
+  return files;
+}
+
+function svg(
+  endpoints: Record<string, { p50_ms: number; p95_ms: number; p99_ms: number }>,
+  polling: Phase,
+  summary: { presence_db_statements_per_min: number; polling_db_statements_per_min: number },
+): string {
+  const names = Object.keys(endpoints);
+  const max = Math.max(100, ...names.map((n) => endpoints[n].p99_ms));
+  const w = 760;
+  const rowH = 54;
+  const chartH = names.length * rowH + 60;
+  const scale = (v: number) => (v / max) * 420;
+  const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${
+      chartH + 200
+    }" font-family="sans-serif" font-size="12">`,
+    `<text x="10" y="20" font-size="15" font-weight="bold">API latency percentiles (ms)</text>`,
+    `<line x1="${220 + scale(100)}" y1="30" x2="${220 + scale(100)}" y2="${
+      chartH - 20
+    }" stroke="#c00" stroke-dasharray="4"/>`,
+    `<text x="${224 + scale(100)}" y="42" fill="#c00">target p99 100 ms</text>`,
+  ];
+  names.forEach((n, i) => {
+    const y = 50 + i * rowH;
+    parts.push(`<text x="10" y="${y + 22}">${esc(n)}</text>`);
+    (["p50_ms", "p95_ms", "p99_ms"] as const).forEach((p, j) => {
+      const v = endpoints[n][p];
+      const color = ["#6baed6", "#3182bd", "#08519c"][j];
+      parts.push(
+        `<rect x="220" y="${y + j * 14}" width="${
+          Math.max(1, scale(v))
+        }" height="12" fill="${color}"/>`,
+      );
+      parts.push(`<text x="${224 + scale(v)}" y="${y + j * 14 + 10}">${p.slice(0, 3)} ${v}</text>`);
+    });
+  });
+  const y0 = chartH + 20;
+  const loadMax = Math.max(
+    summary.polling_db_statements_per_min,
+    summary.presence_db_statements_per_min,
+    1,
+  );
+  const bar = (v: number) => Math.max(1, (v / loadMax) * 420);
+  parts.push(
+    `<text x="10" y="${y0}" font-size="15" font-weight="bold">Database statements per minute</text>`,
+  );
+  parts.push(`<text x="10" y="${y0 + 32}">polling (required)</text>`);
+  parts.push(
+    `<rect x="220" y="${y0 + 20}" width="${
+      bar(summary.polling_db_statements_per_min)
+    }" height="16" fill="#d95f02"/>`,
+  );
+  parts.push(
+    `<text x="${224 + bar(summary.polling_db_statements_per_min)}" y="${
+      y0 + 32
+    }">${summary.polling_db_statements_per_min}</text>`,
+  );
+  parts.push(`<text x="10" y="${y0 + 62}">polling (achieved)</text>`);
+  parts.push(
+    `<rect x="220" y="${y0 + 50}" width="${
+      bar(polling.achieved_statements_per_min)
+    }" height="16" fill="#fdae6b"/>`,
+  );
+  parts.push(
+    `<text x="${224 + bar(polling.achieved_statements_per_min)}" y="${
+      y0 + 62
+    }">${polling.achieved_statements_per_min}</text>`,
+  );
+  parts.push(`<text x="10" y="${y0 + 92}">presence pipeline</text>`);
+  parts.push(
+    `<rect x="220" y="${y0 + 80}" width="${
+      bar(summary.presence_db_statements_per_min)
+    }" height="16" fill="#1b9e77"/>`,
+  );
+  parts.push(
+    `<text x="${224 + bar(summary.presence_db_statements_per_min)}" y="${
+      y0 + 92
+    }">${summary.presence_db_statements_per_min}</text>`,
+  );
+  parts.push("</svg>");
+  return parts.join("\n") + "\n";
+}

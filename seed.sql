@@ -27,7 +27,10 @@ on conflict (id) do nothing;
 insert into public.profiles (id, display_name, is_online, latitude, longitude, last_seen_at)
 select id, 'Seed user ' || n, r3 < 0.2,
        52.52 + (r1 - 0.5) * 0.18, 13.405 + (r2 - 0.5) * 0.3,
-       timestamptz '2026-01-01 12:00:00+00' + (n || ' minutes')::interval
+       -- Online users were seen just now (expire_stale_presence marks them offline after
+       -- 5 minutes without a presence event); the others some hours ago.
+       case when r3 < 0.2 then now() - (n || ' seconds')::interval
+            else now() - (n || ' minutes')::interval end
 from seed_users
 on conflict (id) do nothing;
 

@@ -50,3 +50,83 @@ export async function requireUser(req: Request): Promise<Claims & { sub: string 
   }
   return claims as Claims & { sub: string };
 }
+
+let signingKey: { secret: string; key: CryptoKey } | undefined;
+
+async function hmacKey(secret: string): Promise<CryptoKey> {
+  if (signingKey?.secret !== secret) {
+    const key = await crypto.subtle.importKey(
+      "raw",
+      new TextEncoder().encode(secret),
+      { name: "HMAC", hash: "SHA-256" },
+      false,
+      ["sign"],
+    );
+    signingKey = { secret, key };
+  }
+  return signingKey.key;
+}
+
+/** Compares two byte strings in time independent of where they differ. */
+export function timingSafeEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.byteLength !== b.byteLength) return false;
+  let diff = 0;
+  for (let i = 0; i < a.byteLength; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}
+
+function fromHex(hex: string): Uint8Array | undefined {
+  if (!/^(?:[0-9a-f]{2})+$/i.test(hex)) return undefined;
+  const bytes = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return bytes;
+}
+
+/**
+ * A signed service batch: `x-sltr-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
+ * "<t>.<raw body>")>` (several v1= entries allowed, for rotating secrets). Refused with 401 when
+ * malformed, not matching, or more than `toleranceSeconds` away from now (a replayed capture).
+ */
+export async function verifySignature(
+  header: string,
+  rawBody: string,
+  secret: string,
+  toleranceSeconds = 300,
+  nowSeconds = Math.floor(Date.now() / 1000),
+): Promise<void> {
+  const invalid = () =>
+    new HttpError(
+      401,
+      "invalid_signature",
+      "The x-sltr-signature header is malformed or does not match the body.",
+    );
+  let timestamp: string | undefined;
+  const candidates: Uint8Array[] = [];
+  for (const part of header.split(",")) {
+    const [name, value, ...rest] = part.trim().split("=");
+    if (rest.length || value === undefined) throw invalid();
+    if (name === "t") timestamp = value;
+    else if (name === "v1") {
+      const mac = fromHex(value);
+      if (mac) candidates.push(mac);
+    }
+  }
+  if (!timestamp || !/^\d{1,12}$/.test(timestamp) || candidates.length === 0) throw invalid();
+  if (Math.abs(nowSeconds - Number(timestamp)) > toleranceSeconds) {
+    throw new HttpError(
+      401,
+      "stale_signature",
+      `The signature timestamp is more than ${toleranceSeconds} seconds away from now.`,
+    );
+  }
+  const expected = new Uint8Array(
+    await crypto.subtle.sign(
+      "HMAC",
+      await hmacKey(secret),
+      new TextEncoder().encode(`${timestamp}.${rawBody}`),
+    ),
+  );
+  let matched = false;
+  for (const mac of candidates) matched = timingSafeEqual(mac, expected) || matched;
+  if (!matched) throw invalid();
+}

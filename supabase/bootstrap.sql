@@ -3,8 +3,9 @@
 -- Creates, only where they are missing, the objects hosted Supabase already provides:
 -- the API roles, the auth schema with auth.users and the auth.uid()/role()/jwt() helpers
 -- (reading request.jwt.claims exactly as PostgREST sets it), the supabase_realtime
--- publication, the extensions schema and the migration tracking table the Supabase CLI
--- and dbmate share. On hosted Supabase every statement here is a no-op.
+-- publication, realtime.messages with realtime.send()/topic(), the extensions schema and the
+-- migration tracking table the Supabase CLI and dbmate share. On hosted Supabase every
+-- statement here is a no-op.
 
 do $$
 begin
@@ -97,3 +98,66 @@ create table if not exists supabase_migrations.schema_migrations (
   statements text[],
   name text
 );
+
+-- Realtime's database side, as hosted Supabase has it (its Realtime server creates these):
+-- realtime.messages (the broadcast outbox, with RLS that authorizes private channels),
+-- realtime.topic() for those policies, and realtime.send() to broadcast from SQL. Hosted,
+-- the Realtime server delivers each row inserted by realtime.send to the topic's subscribers;
+-- here nothing delivers them, so they stay in the table for tests to read. Created only when
+-- missing: on hosted Supabase this block does nothing.
+create schema if not exists realtime;
+
+do $$
+begin
+  if to_regclass('realtime.messages') is null then
+    -- Hosted, the table is partitioned by day on inserted_at; the columns are the same.
+    create table realtime.messages (
+      topic text not null,
+      extension text not null,
+      payload jsonb,
+      event text,
+      private boolean default false,
+      updated_at timestamp without time zone not null default now(),
+      inserted_at timestamp without time zone not null default now(),
+      id uuid not null default gen_random_uuid(),
+      primary key (id, inserted_at)
+    );
+    alter table realtime.messages enable row level security;
+    grant usage on schema realtime to anon, authenticated, service_role;
+    grant select, insert on realtime.messages to anon, authenticated, service_role;
+  end if;
+  if to_regprocedure('realtime.topic()') is null then
+    create function realtime.topic() returns text language sql stable as $f$
+      select nullif(current_setting('realtime.topic', true), '')::text
+    $f$;
+    grant execute on function realtime.topic() to anon, authenticated, service_role;
+  end if;
+  if to_regprocedure('realtime.send(jsonb, text, text, boolean)') is null then
+    -- Hosted's definition: adds an id to the payload, records the message, and never fails
+    -- the caller's transaction (a broadcast that cannot be recorded is a warning).
+    create function realtime.send(payload jsonb, event text, topic text, private boolean default true)
+    returns void language plpgsql as $f$
+    declare
+      generated_id uuid;
+      final_payload jsonb;
+    begin
+      begin
+        generated_id := gen_random_uuid();
+        if payload ? 'id' then
+          final_payload := payload;
+        else
+          final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+        end if;
+        execute format('set local realtime.topic to %L', topic);
+        insert into realtime.messages (id, payload, event, topic, private, extension)
+        values (generated_id, final_payload, event, topic, private, 'broadcast');
+      exception
+        when others then
+          raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
+      end;
+    end
+    $f$;
+    revoke execute on function realtime.send(jsonb, text, text, boolean) from public;
+  end if;
+end
+$$;

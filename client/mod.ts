@@ -1,0 +1,43 @@
+// The SLTR client module: one Supabase client per app, its Realtime socket shared by every
+// subscription (RealtimeService), typed calls to the RPCs and functions (SltrApi), and the
+// database types generated from the schema (`make types`).
+//
+//   import { createSltrClient } from "./client/mod.ts";
+//   const sltr = createSltrClient(SUPABASE_URL, SUPABASE_ANON_KEY);
+//   await sltr.supabase.auth.signInWithPassword({ email, password });
+//   const me = await sltr.realtime.trackPresence(userId, { lat, lng });
+//   sltr.realtime.onStatusChanges((changes) => update(changes));
+//   const nearby = await sltr.api.nearbyOnline({ lat, lng, radiusM: 2000 });
+import {
+  createClient,
+  type SupabaseClient,
+  type SupabaseClientOptions,
+} from "@supabase/supabase-js";
+import type { Database } from "./database.types.ts";
+import { SltrApi } from "./api.ts";
+import { RealtimeService, type RealtimeServiceOptions } from "./realtime.ts";
+
+export * from "./api.ts";
+export * from "./realtime.ts";
+export type { Database, Json } from "./database.types.ts";
+
+export interface SltrClient {
+  supabase: SupabaseClient<Database>;
+  api: SltrApi;
+  realtime: RealtimeService;
+}
+
+/** Create once per app: one socket, one auth session, shared by everything. */
+export function createSltrClient(
+  url: string,
+  anonKey: string,
+  options: SupabaseClientOptions<"public"> & { realtimeService?: RealtimeServiceOptions } = {},
+): SltrClient {
+  const { realtimeService, ...supabaseOptions } = options;
+  const supabase = createClient<Database>(url, anonKey, supabaseOptions);
+  return {
+    supabase,
+    api: new SltrApi(supabase),
+    realtime: new RealtimeService(supabase, realtimeService),
+  };
+}

@@ -1,0 +1,112 @@
+// The presence bridge process: joins the Realtime presence channel as service_role and posts
+// what changes to functions/presence-webhook in signed batches, until SIGTERM/SIGINT, when it
+// delivers what is pending and leaves. Configuration is the environment (see README):
+//
+//   SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, PRESENCE_WEBHOOK_SECRET       required
+//   PRESENCE_WEBHOOK_URL        default $SUPABASE_URL/functions/v1/presence-webhook
+//   PRESENCE_CHANNEL            default online-users
+//   BRIDGE_FLUSH_INTERVAL_MS    250      BRIDGE_FLUSH_AT_EVENTS      500
+//   BRIDGE_MAX_BUFFERED_EVENTS  200000   BRIDGE_REFRESH_INTERVAL_MS  60000
+//   BRIDGE_SHUTDOWN_GRACE_MS    10000    BRIDGE_STATS_INTERVAL_MS    60000
+//   BRIDGE_HEALTH_PORT          unset: no health endpoint; else GET /health on 0.0.0.0:<port>
+import { createClient } from "@supabase/supabase-js";
+import { jsonLogger, PresenceBridge, RealtimePresenceSource, WebhookSender } from "./bridge.ts";
+
+function required(name: string): string {
+  const value = Deno.env.get(name);
+  if (!value) throw new Error(`missing environment variable ${name}`);
+  return value;
+}
+
+function count(name: string, fallback: number): number {
+  const raw = Deno.env.get(name);
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) {
+    throw new Error(`${name} must be a non-negative integer, got ${raw}`);
+  }
+  return value;
+}
+
+export async function main(): Promise<void> {
+  const log = jsonLogger;
+  const supabaseUrl = required("SUPABASE_URL").replace(/\/+$/, "");
+  const serviceKey = required("SUPABASE_SERVICE_ROLE_KEY");
+  const secret = required("PRESENCE_WEBHOOK_SECRET");
+  const webhookUrl = Deno.env.get("PRESENCE_WEBHOOK_URL") ||
+    `${supabaseUrl}/functions/v1/presence-webhook`;
+  const topic = Deno.env.get("PRESENCE_CHANNEL") || "online-users";
+
+  const bridge = new PresenceBridge({
+    sender: new WebhookSender({ url: webhookUrl, secret }),
+    log,
+    flushIntervalMs: count("BRIDGE_FLUSH_INTERVAL_MS", 250),
+    flushAtEvents: count("BRIDGE_FLUSH_AT_EVENTS", 500),
+    maxBufferedEvents: count("BRIDGE_MAX_BUFFERED_EVENTS", 200_000),
+    refreshIntervalMs: count("BRIDGE_REFRESH_INTERVAL_MS", 60_000),
+  });
+  const supabase = createClient(supabaseUrl, serviceKey, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    realtime: {
+      logger: (kind: string, msg: string) => {
+        if (kind === "error") log("warn", `realtime: ${msg}`);
+      },
+    },
+  });
+  const source = new RealtimePresenceSource(supabase, topic, bridge.tracker, log);
+
+  log("info", "starting", { topic, webhook: webhookUrl });
+  bridge.start();
+  void source.start().then(() => log("info", "joined", { topic }));
+
+  const statsEvery = count("BRIDGE_STATS_INTERVAL_MS", 60_000);
+  const statsTimer = statsEvery > 0
+    ? setInterval(
+      () => log("info", "stats", { ...bridge.stats(), online: bridge.tracker.online.size }),
+      statsEvery,
+    )
+    : undefined;
+
+  const healthPort = Deno.env.get("BRIDGE_HEALTH_PORT");
+  const health = healthPort
+    ? Deno.serve({ hostname: "0.0.0.0", port: Number(healthPort), onListen: () => {} }, (req) => {
+      if (new URL(req.url).pathname !== "/health") {
+        return new Response("not found", { status: 404 });
+      }
+      const joined = source.channel?.state === "joined";
+      const body = { joined, online: bridge.tracker.online.size, ...bridge.stats() };
+      return Response.json(body, { status: joined ? 200 : 503 });
+    })
+    : undefined;
+
+  const stopped = Promise.withResolvers<void>();
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log("info", "shutting down", { signal, pending: bridge.buffer.size });
+    clearInterval(statsTimer);
+    await source.stop().catch((e) =>
+      log("warn", "leaving the channel failed", { error: String(e) })
+    );
+    await bridge.stop(count("BRIDGE_SHUTDOWN_GRACE_MS", 10_000));
+    await supabase.realtime.disconnect();
+    await health?.shutdown();
+    log("info", "stopped", bridge.stats());
+    stopped.resolve();
+  };
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => void shutdown(signal));
+  }
+  await stopped.promise;
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+    Deno.exit(0);
+  } catch (e) {
+    jsonLogger("error", "fatal", { error: e instanceof Error ? e.message : String(e) });
+    Deno.exit(1);
+  }
+}

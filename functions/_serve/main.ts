@@ -2,7 +2,7 @@
 // Supabase's verify_jwt behaviour, on the port `supabase start` uses (54321).
 // Hosted Supabase runs each functions/<name>/index.ts on its own; this is their local host.
 import { requireJwt } from "../_shared/auth.ts";
-import { error, HttpError, preflight } from "../_shared/http.ts";
+import { error, HttpError, preflight, serveJson } from "../_shared/http.ts";
 import { functions } from "./registry.ts";
 
 const port = Number(Deno.env.get("FUNCTIONS_PORT") ?? "54321");
@@ -18,7 +18,9 @@ async function route(req: Request): Promise<Response> {
     try {
       await requireJwt(req);
     } catch (e) {
-      if (e instanceof HttpError) return error(e.code, e.message, e.status);
+      // Through the shared wrapper, so a refused call is logged, counted and given a request
+      // id under the function's name like any other answer.
+      if (e instanceof HttpError) return await serveJson(match![1], () => Promise.reject(e))(req);
       throw e;
     }
   }

@@ -2,12 +2,14 @@
 import postgres from "postgres";
 import { env } from "./env.ts";
 import { HttpError } from "./http.ts";
+import { observeQuery } from "./metrics.ts";
 
 export type Sql = postgres.Sql;
 
 let pool: Sql | undefined;
 
 export function sql(): Sql {
+  guardConnectionErrors();
   pool ??= postgres(env().dbUrl, {
     // PgBouncer / Supavisor in transaction mode cannot keep prepared statements.
     prepare: false,
@@ -23,6 +25,10 @@ export function sql(): Sql {
 const unavailableCodes = new Set([
   "ECONNREFUSED",
   "ECONNRESET",
+  // Writing to a pooler connection that was closed under us ("This socket has been ended
+  // by the other party"), e.g. while Postgres restarts.
+  "EPIPE",
+  "ETIMEDOUT",
   "CONNECT_TIMEOUT",
   "CONNECTION_CLOSED",
   "CONNECTION_ENDED",
@@ -34,6 +40,13 @@ const unavailableCodes = new Set([
   "08001",
   "08003",
   "08006",
+  // PgBouncer's own errors ("server login has been failing", "query_wait_timeout", "no more
+  // connections allowed") all carry 08P01; Postgres refusing more connections is 53300.
+  "08P01",
+  "08004",
+  "53300",
+  // query() gave up waiting (see SLTR_DB_QUERY_TIMEOUT_MS).
+  "QUERY_DEADLINE",
 ]);
 
 /** Postgres unreachable (down, restarting, pooler refusing): the caller should retry. */
@@ -42,12 +55,60 @@ export function isUnavailable(e: unknown): boolean {
   return typeof code === "string" && unavailableCodes.has(code);
 }
 
-/** Runs a query; unavailability becomes 503 + Retry-After, nothing else is swallowed. */
-export async function query<T>(run: (sql: Sql) => Promise<T>): Promise<T> {
+let guarded = false;
+
+// postgres.js runs an internal query on every new connection (the array types fetch) whose
+// promise nobody awaits: when the pooler answers it with an error (Postgres restarting:
+// "server login has been failing"), the rejection is unhandled and would end the whole
+// process, every function with it. Such a connection error is already reported to the
+// requests it affects (503); here it is logged and the process goes on.
+function guardConnectionErrors(): void {
+  if (guarded) return;
+  guarded = true;
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    if (!isUnavailable(event.reason)) return;
+    event.preventDefault();
+    console.warn(JSON.stringify({
+      level: "warn",
+      msg: "database connection error outside a query",
+      error: String(event.reason),
+      code: (event.reason as { code?: string })?.code,
+    }));
+  });
+}
+
+/** Runs a query; unavailability becomes 503 + Retry-After, nothing else is swallowed.
+ * Timed into sltr_db_query_duration_seconds under `label` (default "query").
+ *
+ * A deadline (SLTR_DB_QUERY_TIMEOUT_MS) bounds the wait: with Postgres down, PgBouncer keeps a
+ * client whose server connection died waiting for a new one (query_wait_timeout, 120 s), and
+ * a request must not hang that long. Past the deadline the answer is 503 + Retry-After; the
+ * statement may still run later (PgBouncer queues it), which every caller tolerates: reads
+ * are discarded, and a presence batch is idempotent (a retry of it is ignored). */
+export async function query<T>(run: (sql: Sql) => Promise<T>, label = "query"): Promise<T> {
+  const started = performance.now();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(Object.assign(new Error("the database did not answer in time"), {
+        code: "QUERY_DEADLINE",
+      }));
+    }, env().dbQueryTimeoutMs);
+  });
   try {
-    return await run(sql());
+    const work = run(sql());
+    work.catch(() => {}); // a failure after the deadline has nobody left to tell
+    const result = await Promise.race([work, deadline]);
+    observeQuery(label, "ok", (performance.now() - started) / 1000);
+    return result;
   } catch (e) {
-    if (isUnavailable(e)) {
+    const unavailable = isUnavailable(e);
+    observeQuery(
+      label,
+      unavailable ? "unavailable" : "error",
+      (performance.now() - started) / 1000,
+    );
+    if (unavailable) {
       throw new HttpError(
         503,
         "database_unavailable",
@@ -58,6 +119,8 @@ export async function query<T>(run: (sql: Sql) => Promise<T>): Promise<T> {
       );
     }
     throw e;
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -20,6 +20,13 @@ export interface Env {
   redisUrl: string | undefined;
   presenceWebhookSecret: string | undefined;
   sentryDsn: string | undefined;
+  /** Sentry environment tag (SENTRY_ENVIRONMENT), e.g. production, staging, local. */
+  sentryEnvironment: string | undefined;
+  /** Share of requests traced as Sentry transactions (SENTRY_TRACES_SAMPLE_RATE, 0..1). */
+  sentryTracesSampleRate: number;
+  /** How long query() waits for the database, queueing in the pooler included, before it
+   * answers 503 + Retry-After (SLTR_DB_QUERY_TIMEOUT_MS, default 5000). */
+  dbQueryTimeoutMs: number;
 }
 
 let cached: Env | undefined;
@@ -32,6 +39,9 @@ export function env(): Env {
     redisUrl: optional("REDIS_URL"),
     presenceWebhookSecret: optional("PRESENCE_WEBHOOK_SECRET"),
     sentryDsn: optional("SENTRY_DSN"),
+    sentryEnvironment: optional("SENTRY_ENVIRONMENT"),
+    sentryTracesSampleRate: Number(optional("SENTRY_TRACES_SAMPLE_RATE") ?? "0.1"),
+    dbQueryTimeoutMs: Number(optional("SLTR_DB_QUERY_TIMEOUT_MS") ?? "5000"),
   };
   return cached;
 }

@@ -1,10 +1,14 @@
-// HTTP helpers shared by every function: JSON answers, the one error shape, CORS.
+// HTTP helpers shared by every function: JSON answers, the one error shape, CORS, and the
+// wrapper every handler goes through (metrics, structured logs, request ids, Sentry).
+import { observeRequest } from "./metrics.ts";
+import { captureError, recordTiming, type RequestTags, traceRequest } from "./sentry.ts";
 
 export const corsHeaders: Record<string, string> = {
   "access-control-allow-origin": "*",
   "access-control-allow-headers":
     "authorization, x-client-info, apikey, content-type, x-sltr-signature",
   "access-control-allow-methods": "GET, POST, OPTIONS",
+  "access-control-expose-headers": "x-request-id, retry-after",
 };
 
 export function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
@@ -91,20 +95,75 @@ export function parseJson(text: string): unknown {
   }
 }
 
-/** Wraps a handler: CORS preflight, HttpError → its answer, anything else → 500. */
+const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** The caller's request id (x-request-id, or Supabase's sb-request-id) if it is a sane token,
+ * else a new uuid. Echoed in the `x-request-id` response header and every log line. */
+export function requestIdOf(req: Request): string {
+  for (const header of ["x-request-id", "sb-request-id"]) {
+    const value = req.headers.get(header);
+    if (value && requestIdPattern.test(value)) return value;
+  }
+  return crypto.randomUUID();
+}
+
+function withHeader(res: Response, name: string, value: string): Response {
+  try {
+    res.headers.set(name, value);
+    return res;
+  } catch {
+    // Immutable headers (a Response from fetch or Response.redirect): copy it.
+    const headers = new Headers(res.headers);
+    headers.set(name, value);
+    return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
+  }
+}
+
+/** Wraps a handler: CORS preflight, HttpError → its answer, anything else → 500. Every request
+ * is measured (sltr_http_requests_total, sltr_http_request_duration_seconds), logged as one JSON
+ * line (level, function, method, status, duration_ms, request_id), answered with its
+ * `x-request-id`, and, when SENTRY_DSN is set, traced as a Sentry span with 500s captured. */
 export function serveJson(
   name: string,
   fn: (req: Request) => Promise<Response>,
 ): (req: Request) => Promise<Response> {
   return async (req) => {
-    const pre = preflight(req);
-    if (pre) return pre;
-    try {
-      return await fn(req);
-    } catch (e) {
-      if (e instanceof HttpError) return error(e.code, e.message, e.status, e.headers);
-      console.error(JSON.stringify({ level: "error", function: name, error: String(e) }));
-      return error("internal_error", "Something went wrong on our side.", 500);
-    }
+    const started = performance.now();
+    const tags: RequestTags = { function: name, method: req.method, requestId: requestIdOf(req) };
+    let failure: string | undefined;
+    const res = await traceRequest(tags, async () => {
+      const pre = preflight(req);
+      if (pre) return pre;
+      try {
+        return await fn(req);
+      } catch (e) {
+        if (e instanceof HttpError) {
+          // 503 is expected unavailability (metrics and alerts show it); other 5xx are bugs
+          // or misconfiguration (e.g. a missing secret) and go to Sentry like a crash.
+          if (e.status >= 500 && e.status !== 503) {
+            failure = `${e.code}: ${e.message}`;
+            await captureError(tags, e);
+          }
+          return error(e.code, e.message, e.status, e.headers);
+        }
+        failure = String(e);
+        await captureError(tags, e);
+        return error("internal_error", "Something went wrong on our side.", 500);
+      }
+    });
+    const ms = performance.now() - started;
+    observeRequest(name, req.method, res.status, ms / 1000);
+    await recordTiming(tags, res.status, ms);
+    (res.status >= 500 ? console.error : console.log)(JSON.stringify({
+      level: res.status >= 500 ? "error" : res.status >= 400 ? "warn" : "info",
+      msg: "request",
+      function: name,
+      method: req.method,
+      status: res.status,
+      duration_ms: Math.round(ms * 100) / 100,
+      request_id: tags.requestId,
+      ...(failure ? { error: failure } : {}),
+    }));
+    return withHeader(res, "x-request-id", tags.requestId);
   };
 }

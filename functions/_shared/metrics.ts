@@ -1,0 +1,138 @@
+// Process-local Prometheus metrics (prom-client): requests, durations, database queries,
+// cache hits and misses, presence events. The shared wrapper (http.ts serveJson) and the db
+// query() helper record into them, so every function is measured without code of its own;
+// functions/metrics exposes them together with the database-side figures.
+//
+// Process-local means per worker: the local functions server runs every function in one
+// process, so one scrape sees them all. Hosted Supabase runs one worker per function (and
+// several under load); there Sentry's metrics and spans (sentry.ts) are the cross-worker view.
+import {
+  collectDefaultMetrics,
+  Counter,
+  Gauge,
+  Histogram,
+  Registry,
+  type Registry as RegistryType,
+} from "prom-client";
+
+/** Every process-local metric of this project. */
+export const registry: RegistryType = new Registry();
+
+/** Request latency buckets (seconds): 5 ms .. 10 s. */
+const latencyBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export const httpRequests = new Counter({
+  name: "sltr_http_requests_total",
+  help: "Requests answered by each function, by method and HTTP status.",
+  labelNames: ["function", "method", "status"] as const,
+  registers: [registry],
+});
+
+export const httpRequestDuration = new Histogram({
+  name: "sltr_http_request_duration_seconds",
+  help: "Time from receiving a request to answering it, per function and HTTP status.",
+  labelNames: ["function", "status"] as const,
+  buckets: latencyBuckets,
+  registers: [registry],
+});
+
+export const dbQueryDuration = new Histogram({
+  name: "sltr_db_query_duration_seconds",
+  help: "Duration of database calls made through query() (one round trip each, usually one " +
+    "RPC), by query label and outcome (ok, error, unavailable).",
+  labelNames: ["query", "outcome"] as const,
+  buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+  registers: [registry],
+});
+
+export type CacheResult = "hit" | "miss" | "error";
+
+export const cacheRequests = new Counter({
+  name: "sltr_cache_requests_total",
+  help: "Redis cache lookups by cache name and result (hit, miss, error = Redis unavailable).",
+  labelNames: ["cache", "result"] as const,
+  registers: [registry],
+});
+
+// hits / (hits + misses) since the process started, per cache; errors count as neither.
+const cacheTotals = new Map<string, { hit: number; miss: number }>();
+
+new Gauge({
+  name: "sltr_cache_hit_ratio",
+  help: "Cache hit rate since the process started: hits / (hits + misses), per cache.",
+  labelNames: ["cache"] as const,
+  registers: [registry],
+  collect() {
+    for (const [cache, t] of cacheTotals) {
+      const total = t.hit + t.miss;
+      if (total > 0) this.set({ cache }, t.hit / total);
+    }
+  },
+});
+
+export type PresenceOutcome = "accepted" | "ignored" | "rejected";
+
+export const presenceEvents = new Counter({
+  name: "sltr_presence_events_total",
+  help: "Presence events received by the webhook: accepted (buffered), ignored (older than " +
+    "what is known, or duplicates), rejected (invalid).",
+  labelNames: ["outcome"] as const,
+  registers: [registry],
+});
+for (const outcome of ["accepted", "ignored", "rejected"]) presenceEvents.labels(outcome).inc(0);
+
+export const degradedResponses = new Counter({
+  name: "sltr_degraded_responses_total",
+  help: "Answers given without Redis (served from Postgres and flagged degraded), per function.",
+  labelNames: ["function"] as const,
+  registers: [registry],
+});
+
+/** Called by serveJson for every request. */
+export function observeRequest(
+  fn: string,
+  method: string,
+  status: number,
+  seconds: number,
+): void {
+  httpRequests.labels(fn, method, String(status)).inc();
+  httpRequestDuration.labels(fn, String(status)).observe(seconds);
+}
+
+/** Called by query() for every database call. */
+export function observeQuery(
+  label: string,
+  outcome: "ok" | "error" | "unavailable",
+  seconds: number,
+): void {
+  dbQueryDuration.labels(label, outcome).observe(seconds);
+}
+
+/** A cache lookup: hit, miss, or error (Redis unreachable). */
+export function recordCache(cache: string, result: CacheResult, n = 1): void {
+  cacheRequests.labels(cache, result).inc(n);
+  if (result === "error") return;
+  const t = cacheTotals.get(cache) ?? { hit: 0, miss: 0 };
+  t[result] += n;
+  cacheTotals.set(cache, t);
+}
+
+/** Presence events by outcome (the webhook calls this once per batch and outcome). */
+export function recordPresenceEvents(outcome: PresenceOutcome, n = 1): void {
+  if (n > 0) presenceEvents.labels(outcome).inc(n);
+}
+
+/** An answer served without Redis. */
+export function recordDegraded(fn: string): void {
+  degradedResponses.labels(fn).inc();
+}
+
+let defaultsStarted = false;
+
+/** Process metrics (CPU, memory, event-loop lag), started by the first scrape only so that
+ * importing this module starts no timers (handlers are imported by in-process tests). */
+export function startProcessMetrics(): void {
+  if (defaultsStarted) return;
+  defaultsStarted = true;
+  collectDefaultMetrics({ register: registry, prefix: "sltr_" });
+}

@@ -1,0 +1,172 @@
+// A throwaway copy of the whole stack for tests that break things (tests/faults) or need a
+// database nobody else writes to (tests/fuzz): scripts/stack.sh with its own state dir and
+// free ports, so the shared stack (default ports, .state/) is never touched.
+import assert from "node:assert/strict";
+import postgres from "postgres";
+
+export const ROOT = Deno.env.get("SLTR_ROOT") ?? new URL("..", import.meta.url).pathname;
+export const WEBHOOK_SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET") ??
+  "local-presence-webhook-secret-do-not-use-in-production";
+/** application_name of the tests' direct (not pooled) connections. */
+export const DIRECT_APP = "sltr-test-direct";
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface Stack {
+  env: Record<string, string>;
+  state: string;
+  url: string;
+  dbUrl: string;
+  poolerUrl: string;
+  redisPort: number;
+}
+
+async function freePorts(n: number): Promise<number[]> {
+  const listeners = Array.from(
+    { length: n },
+    () => Deno.listen({ hostname: "127.0.0.1", port: 0 }),
+  );
+  const ports = listeners.map((l) => (l.addr as Deno.NetAddr).port);
+  for (const l of listeners) l.close();
+  await sleep(10);
+  return ports;
+}
+
+export async function run(
+  cmd: string[],
+  env: Record<string, string>,
+  what: string,
+): Promise<string> {
+  const out = await new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `${what} failed:\n${text}`);
+  return text;
+}
+
+/** scripts/stack.sh with the throwaway stack's environment; daemons write to their logs, so
+ * the script's own output goes to a file (a daemon keeping a pipe open would hang us). */
+export async function stackSh(stack: Stack, action: string): Promise<void> {
+  const log = `${stack.state}/stack-${action}.log`;
+  await run(
+    [
+      "bash",
+      "-c",
+      `"$0" ${action} >>"$1" 2>&1 || { tail -30 "$1"; exit 1; }`,
+      `${ROOT}/scripts/stack.sh`,
+      log,
+    ],
+    stack.env,
+    `stack.sh ${action}`,
+  );
+}
+
+/** Starts a throwaway stack (~10 s: initdb, migrations, seed); `env` overrides settings of
+ * supabase/local.env, e.g. POOL_MAX_SERVER_CONNECTIONS. */
+export async function startStack(prefix: string, env: Record<string, string> = {}): Promise<Stack> {
+  const state = await Deno.makeTempDir({ prefix });
+  const [pg, bouncer, redis, fns] = await freePorts(4);
+  const stack: Stack = {
+    env: {
+      ...env,
+      SLTR_STATE_DIR: state,
+      PG_PORT: String(pg),
+      PGBOUNCER_PORT: String(bouncer),
+      REDIS_PORT: String(redis),
+      FUNCTIONS_PORT: String(fns),
+    },
+    state,
+    url: `http://127.0.0.1:${fns}/functions/v1`,
+    dbUrl: `postgresql://postgres:postgres@127.0.0.1:${pg}/postgres`,
+    poolerUrl: `postgresql://postgres:postgres@127.0.0.1:${bouncer}/postgres`,
+    redisPort: redis,
+  };
+  try {
+    await stackSh(stack, "start");
+  } catch (e) {
+    await stopStack(stack).catch(() => {});
+    throw e;
+  }
+  return stack;
+}
+
+/** Stops it and removes its state dir (SLTR_KEEP_THROWAWAY=1 keeps the dir, logs included). */
+export async function stopStack(stack: Stack): Promise<void> {
+  try {
+    await stackSh(stack, "stop");
+  } finally {
+    if (Deno.env.get("SLTR_KEEP_THROWAWAY") !== "1") {
+      await Deno.remove(stack.state, { recursive: true }).catch(() => {});
+    }
+  }
+}
+
+/** A direct (not pooled) connection to the throwaway database. */
+export function direct(stack: Stack): postgres.Sql {
+  // fetch_types off: its unawaited query would be an unhandled rejection if Postgres is down.
+  // (Pass arrays as literals then: uuidArray.)
+  return postgres(stack.dbUrl, {
+    max: 4,
+    fetch_types: false,
+    onnotice: () => {},
+    connection: { application_name: DIRECT_APP },
+  });
+}
+
+/** A uuid[] literal (direct() does not fetch array types). */
+export const uuidArray = (ids: string[]) => `{${ids.join(",")}}`;
+
+/** pg_ctl on the throwaway cluster, as the postgres system user when we are root. */
+export async function pgCtl(stack: Stack, ...args: string[]): Promise<void> {
+  const pgBin = Deno.env.get("PG_BIN") ?? "/usr/lib/postgresql/15/bin";
+  const cmd = [`${pgBin}/pg_ctl`, "-D", `${stack.state}/pg`, ...args];
+  const isRoot = Deno.uid() === 0;
+  await run(isRoot ? ["runuser", "-u", "postgres", "--", ...cmd] : cmd, stack.env, "pg_ctl");
+}
+
+/** The distinct errors the throwaway functions server logged (for a failing test). */
+export function serverErrors(stack: Stack): string {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(`${stack.state}/log/functions.log`);
+  } catch {
+    return "(no log)";
+  }
+  const errors = new Set<string>();
+  for (const line of text.split("\n")) {
+    if (!line.includes('"error"') && !/error/i.test(line)) continue;
+    try {
+      const entry = JSON.parse(line);
+      if (entry.error) errors.add(`${entry.function ?? entry.msg}: ${entry.error}`);
+    } catch {
+      errors.add(line.slice(0, 300));
+    }
+  }
+  return [...errors].slice(-10).join("\n");
+}
+
+const hex = (b: ArrayBuffer) =>
+  Array.from(new Uint8Array(b), (x) => x.toString(16).padStart(2, "0")).join("");
+
+let hmac: CryptoKey | undefined;
+
+/** The presence webhook's x-sltr-signature for a body: t=<now>,v1=<HMAC-SHA256>. */
+export async function signature(
+  body: string,
+  t = Math.floor(Date.now() / 1000),
+): Promise<string> {
+  hmac ??= await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(WEBHOOK_SECRET),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const mac = await crypto.subtle.sign("HMAC", hmac, new TextEncoder().encode(`${t}.${body}`));
+  return `t=${t},v1=${hex(mac)}`;
+}

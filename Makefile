@@ -31,6 +31,14 @@ rollback: ## Roll back the latest migration (dbmate)
 db-status: ## List applied and pending migrations
 	@$(S)/db.sh status
 
+bridge: start ## Run the presence bridge against the local stack (needs a Realtime server: supabase start)
+	@source $(S)/lib.sh && export SUPABASE_URL="$${SUPABASE_URL:-$$API_URL}" SUPABASE_SERVICE_ROLE_KEY="$$SERVICE_ROLE_KEY" \
+	  && log "presence bridge: Realtime at $$SUPABASE_URL/realtime/v1, webhook at $$SUPABASE_URL/functions/v1/presence-webhook (Ctrl-C stops it)" \
+	  && exec "$$NODE_BIN/deno" run --allow-net --allow-env workers/presence-bridge/main.ts
+
+types: ## Generate client/database.types.ts from the local database schema
+	@$(S)/types.sh
+
 psql: ## Open psql on the local database
 	@source $(S)/lib.sh && exec psql "$$DB_URL"
 
@@ -44,4 +52,4 @@ BENCH_ARGS ?= --users 50000 --online-ratio 0.1 --duration 60
 bench: start ## Benchmark against the local stack (BENCH_ARGS="--users 1000000 ...")
 	@source $(S)/lib.sh && cd bench/.. && "$$NODE_BIN/deno" run -A bench/run.ts $(BENCH_ARGS)
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test bench
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench

@@ -60,7 +60,7 @@ async function loadUsers(): Promise<void> {
              now() - interval '10 minutes'
       from generate_series(1, ${args.users}::int) as n
       cross join lateral (select sqrt(-2 * ln(1 - random())) as r, 2 * pi() * random() as t, n as k) as g
-      join jsonb_to_recordset(${JSON.stringify(CITIES.map((c, i) => ({ ...c, i })))}::jsonb)
+      join jsonb_to_recordset(${tx.json(CITIES.map((c, i) => ({ ...c, i })))}::jsonb)
         as c(i int, lat float8, lng float8) on c.i = g.k % ${CITIES.length}::int`;
   });
   progress("load", 2, 3, "analyze");

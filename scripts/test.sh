@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every suite, against the real local stack (started here if it is not running).
-#   test.sh all | lint | db | migrations | deno [deno test args...]
+#   test.sh all | lint | db | migrations | deno [deno test args...] | faults | fuzz
 . "$(dirname "$0")/lib.sh"
 
 failed=()
@@ -14,7 +14,7 @@ suite() {
 lint() {
   "$NODE_BIN/squawk" "$ROOT"/migrations/*.sql
   local dirs=()
-  for d in functions tests bench client; do [ -d "$ROOT/$d" ] && dirs+=("$d"); done
+  for d in functions tests bench client workers; do [ -d "$ROOT/$d" ] && dirs+=("$d"); done
   (cd "$ROOT" && "$NODE_BIN/deno" lint -q && "$NODE_BIN/deno" fmt --check -q && "$NODE_BIN/deno" check -q "${dirs[@]}")
 }
 
@@ -35,21 +35,31 @@ deno_tests() {
     "$NODE_BIN/deno" test -A --no-check=remote "$@")
 }
 
+# Fault injection (tests/faults) and fuzzing (tests/fuzz) start throwaway stacks of their own
+# (temporary state dir, free ports) and are suites of their own, outside the main Deno run.
+SELF_CONTAINED=tests/faults,tests/fuzz
+fault_tests() { deno_tests tests/faults/; }
+fuzz_tests() { deno_tests tests/fuzz/; }
+
 case "${1:-all}" in
   lint) lint ;;
   db) "$ROOT/scripts/stack.sh" start >/dev/null && db_tests ;;
   migrations) "$ROOT/scripts/stack.sh" db >/dev/null && migration_tests ;;
   deno) shift; "$ROOT/scripts/stack.sh" start >/dev/null && deno_tests "$@" ;;
+  faults) fault_tests ;;
+  fuzz) fuzz_tests ;;
   all)
     started=$(date +%s)
     suite lint lint
     "$ROOT/scripts/stack.sh" start
     suite pgtap db_tests
     suite migrations migration_tests
-    suite deno deno_tests
+    suite deno deno_tests --ignore="$SELF_CONTAINED"
+    suite faults fault_tests
+    suite fuzz fuzz_tests
     log "finished in $(( $(date +%s) - started )) s"
     echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
     [ ${#failed[@]} -eq 0 ] || { log "failed suites: ${failed[*]}"; exit 1; }
     ;;
-  *) die "usage: $0 all|lint|db|migrations|deno" ;;
+  *) die "usage: $0 all|lint|db|migrations|deno|faults|fuzz" ;;
 esac

@@ -141,11 +141,14 @@ async function statementCalls(pattern: string): Promise<number> {
   return Number(row.calls ?? 0);
 }
 
-async function serverConnections(): Promise<number> {
-  const [row] = await monitor<{ n: number }[]>`
-    select count(*)::int as n from pg_stat_activity
+/** Server connections now: all client backends (PgBouncer keeps idle ones for 60 s) and
+ * those running a statement. */
+async function serverConnections(): Promise<{ total: number; active: number }> {
+  const [row] = await monitor<{ total: number; active: number }[]>`
+    select count(*)::int as total, (count(*) filter (where state <> 'idle'))::int as active
+    from pg_stat_activity
     where backend_type = 'client backend' and pid <> pg_backend_pid()`;
-  return row.n;
+  return row;
 }
 
 function pick<T>(xs: T[], r: () => number): T {
@@ -174,7 +177,15 @@ async function presencePhase(users: User[], tokens: string[]) {
   let uncached = 0;
   let degraded = 0;
   let peak = 0;
-  const churnPerSec = args.smoke ? 40 : Math.max(40, Math.round(args.users * 0.002));
+  let peakActive = 0;
+  // Churn as the bridge would see it: sessions of ~20 min (a join and a leave per online user
+  // every 1,200 s) and a move every ~5 min while online.
+  const onlineUsers = args.users * args.onlineRatio;
+  const joinRate = onlineUsers / 1200;
+  const moveRate = onlineUsers / 300;
+  const churnPerSec = Math.max(20, Math.round(2 * joinRate + moveRate));
+  // Each online user looks at who is nearby about every 30 s.
+  const nearbyPerSec = args.smoke ? 40 : Math.min(250, Math.max(40, Math.round(onlineUsers / 30)));
   const online = () => users.filter((u) => u.online);
 
   // Warm-up: the same mix, not recorded.
@@ -189,12 +200,14 @@ async function presencePhase(users: User[], tokens: string[]) {
   const bridge = paced(4, 1, done, async () => {
     const events: Record<string, unknown>[] = [];
     for (let i = 0; i < churnPerSec / 4; i++) {
-      const u = pick(users, r);
       const at = new Date().toISOString();
-      if (u.online && r() < 0.3) {
+      const kind = r() * (2 * joinRate + moveRate);
+      const u = kind < joinRate ? pick(users, r) : pick(online(), r);
+      if (kind >= joinRate && kind < 2 * joinRate) {
         u.online = false;
         events.push({ user_id: u.id, status: "offline", at });
       } else {
+        // A join (whoever was picked, usually someone offline) or a move of up to ~300 m.
         const p = jitter(u, r, u.online ? 300 : 50);
         u.online = true;
         u.lat = p.lat;
@@ -205,8 +218,8 @@ async function presencePhase(users: User[], tokens: string[]) {
     const res = await timed(measuring ? h.webhook : new Latency(), () => signedPost(events));
     if (res && res.status !== 202) console.error(`webhook answered ${res.status}`);
   });
-  const nearby = paced(args.smoke ? 40 : 150, 6, done, async () => {
-    const from = jitter(pick(online(), r), r, 200);
+  const nearby = paced(nearbyPerSec, 6, done, async () => {
+    const from = jitter(pick(online(), r), r, 20); // from where an online user is
     const url = `${FUNCTIONS_URL}/nearby-online?lat=${from.lat.toFixed(5)}&lng=${
       from.lng.toFixed(5)
     }&radius_m=5000&limit=50`;
@@ -289,8 +302,9 @@ async function presencePhase(users: User[], tokens: string[]) {
   });
   const sampler = (async () => {
     while (!stop) {
-      const n = await serverConnections().catch(() => 0);
-      if (measuring) peak = Math.max(peak, n);
+      const n = await serverConnections().catch(() => ({ total: 0, active: 0 }));
+      if (measuring) peak = Math.max(peak, n.total);
+      if (measuring) peakActive = Math.max(peakActive, n.active);
       const elapsed = performance.now() - startedAt;
       progress("presence", Math.min(elapsed, total), total, measuring ? "measuring" : "warm-up");
       await sleep(250);
@@ -336,6 +350,7 @@ async function presencePhase(users: User[], tokens: string[]) {
       "nearby-online": h.propagationNearby.summary(),
     },
     churn_events_per_s: churnPerSec,
+    nearby_requests_per_s: nearbyPerSec,
     cache: {
       hits: cached,
       misses: uncached,
@@ -343,6 +358,7 @@ async function presencePhase(users: User[], tokens: string[]) {
       hit_rate: cached + uncached ? cached / (cached + uncached) : 0,
     },
     peak_server_connections: peak,
+    peak_active_server_connections: peakActive,
     presence_db_statements: presenceCalls,
     presence_db_statements_per_min: Math.round(presenceCalls / minutes),
     flush: { rows_changed: changed, ms: flushMs, cron_runs: cronRuns },
@@ -357,12 +373,15 @@ async function pollingPhase() {
   const pool = postgres(POOLER_URL, { max: conns, prepare: false, onnotice: () => {} });
   let stop = false;
   let peak = 0;
+  let peakActive = 0;
   let calls = 0;
   const total = args.pollingDuration * 1000;
   const t0 = performance.now();
   const sampler = (async () => {
     while (!stop) {
-      peak = Math.max(peak, await serverConnections().catch(() => 0));
+      const n = await serverConnections().catch(() => ({ total: 0, active: 0 }));
+      peak = Math.max(peak, n.total);
+      peakActive = Math.max(peakActive, n.active);
       progress("polling", Math.min(performance.now() - t0, total), total, `${calls} polls`);
       await sleep(250);
     }
@@ -387,6 +406,7 @@ async function pollingPhase() {
     achieved_statements_per_min: Math.round(calls / minutes),
     latency: h.summary(),
     peak_server_connections: peak,
+    peak_active_server_connections: peakActive,
     client_connections: conns,
   };
 }

@@ -39,8 +39,9 @@ export const STATUS_TTL_SECONDS = positiveNumberFromEnv("SLTR_STATUS_CACHE_TTL_S
 
 /** Callers share a cached answer per query cell of 0.002 degrees (~220 m x 135 m at 52° N);
  * the answer is computed from the cell's centre, so distances are off by at most ~130 m on
- * the caller's side, below the 100 m rounding plus the 500 m privacy grid on the other. */
-export const QUERY_CELL_DEGREES = 0.002;
+ * the caller's side, below the 100 m rounding plus the 500 m privacy grid on the other.
+ * SLTR_NEARBY_QUERY_CELL_DEGREES trades that precision for hit rate (see the README). */
+export const QUERY_CELL_DEGREES = positiveNumberFromEnv("SLTR_NEARBY_QUERY_CELL_DEGREES", 0.002);
 
 /** Levels of version cells, finest first, in degrees (~1.1 km, 5.6 km, 28 km of latitude). */
 export const VERSION_LEVELS = [0.01, 0.05, 0.25] as const;

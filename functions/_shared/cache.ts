@@ -11,7 +11,9 @@
 //   under is unchanged. Versions are read before the database is, so an event committed
 //   during a recompute invalidates the answer it might have missed. An arrival without a
 //   location bumps nearby:ver:all, which every answer depends on. Moves of users already
-//   online and heartbeats bump nothing, which keeps busy areas cacheable.
+//   online and heartbeats bump nothing. An answer cut at its row limit depends only on the
+//   cells of the smaller disk out to its last row (an arrival farther away cannot enter it),
+//   which keeps busy areas cacheable.
 // - The caller is never in their own answer: answers are computed for everyone in the cell
 //   (with a few spare rows) and the caller is removed when serving.
 // Why version cells rather than a short-circuit (asking Postgres on every hit whether anyone
@@ -46,8 +48,9 @@ export const QUERY_CELL_DEGREES = positiveNumberFromEnv("SLTR_NEARBY_QUERY_CELL_
 /** Levels of version cells, finest first, in degrees (~1.1 km, 5.6 km, 28 km of latitude). */
 export const VERSION_LEVELS = [0.01, 0.05, 0.25] as const;
 
-/** An answer depends on at most this many version cells, else it is not cached. */
-const MAX_VERSION_CELLS = 25;
+/** An answer depends on at most this many version cells (MGET'd on each read): a 5 km disc
+ * fits at the finest level, else a coarser level is used. */
+const MAX_VERSION_CELLS = 400;
 
 /** How far a user's snapped point can be from where they are (the 500 m grid's half
  * diagonal is ~354 m), so version cells cover a disk widened by that. */
@@ -126,18 +129,31 @@ export function pointVersionKeys(lat: number, lng: number): string[] {
   });
 }
 
+/** The version cells an answer for a disk depends on: the cells at `level`, plus
+ * nearby:ver:all. */
+export interface DiskVersions {
+  level: number;
+  keys: string[];
+}
+
 /**
- * The version cells an answer for the disk (lat, lng, radiusM) depends on, at the finest level
- * that needs at most MAX_VERSION_CELLS of them, plus nearby:ver:all; undefined when even the
- * coarsest level needs more (near the poles): such answers are not cached.
+ * The version cells covering the disk (lat, lng, radiusM), at the finest level that needs at
+ * most MAX_VERSION_CELLS of them (or exactly at `level`), plus nearby:ver:all; undefined when
+ * no level fits (near the poles): such answers are not cached.
  */
-export function diskVersionKeys(lat: number, lng: number, radiusM: number): string[] | undefined {
+export function diskVersionKeys(
+  lat: number,
+  lng: number,
+  radiusM: number,
+  level?: number,
+): DiskVersions | undefined {
   const padLat = (radiusM + SNAP_PAD_METRES) / METRES_PER_DEGREE_LATITUDE;
   const maxAbsLat = Math.abs(lat) + padLat;
   if (maxAbsLat >= 89) return undefined;
   const padLng = padLat / Math.cos((maxAbsLat * Math.PI) / 180);
-  for (let level = 0; level < VERSION_LEVELS.length; level++) {
-    const size = VERSION_LEVELS[level];
+  const levels = level === undefined ? VERSION_LEVELS.map((_, i) => i) : [level];
+  for (const l of levels) {
+    const size = VERSION_LEVELS[l];
     const cols = Math.round(360 / size);
     const row0 = cellIndex(lat - padLat + 90, size);
     const row1 = cellIndex(lat + padLat + 90, size);
@@ -148,11 +164,11 @@ export function diskVersionKeys(lat: number, lng: number, radiusM: number): stri
     const keys: string[] = [];
     for (let row = row0; row <= row1; row++) {
       for (let col = col0; col <= col1; col++) {
-        keys.push(versionKey(level, row, ((col % cols) + cols) % cols)); // wraps at ±180°
+        keys.push(versionKey(l, row, ((col % cols) + cols) % cols)); // wraps at ±180°
       }
     }
     keys.push(ALL_VERSION_KEY);
-    return keys;
+    return { level: l, keys };
   }
   return undefined;
 }

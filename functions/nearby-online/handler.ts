@@ -29,6 +29,8 @@ export interface NearbyUser {
 /** A cached answer: the versions it was computed under, whether more rows existed than it
  * holds, and the users (compact rows: id, name, distance, last seen). */
 interface Entry {
+  /** The version keys the answer depends on, and their values when it was computed. */
+  k: string[];
   v: string;
   more: boolean;
   u: [string, string, number, string | null][];
@@ -136,36 +138,36 @@ export const handler = serveJson("nearby-online", async (req) => {
   const q = parseQuery(new URL(req.url));
   // Everyone in the same query cell shares one answer, computed from the cell's centre.
   const at = queryCell(q.lat, q.lng);
-  const versionKeys = diskVersionKeys(at.lat, at.lng, q.radius_m);
+  const disk = diskVersionKeys(at.lat, at.lng, q.radius_m);
 
   const answer = (users: NearbyUser[], cached: boolean, degraded: boolean) =>
     json({ users, cached, degraded }, 200, { "x-cache": cached ? "hit" : "miss" });
 
-  if (!versionKeys) {
+  if (!disk) {
     // Too close to a pole to cover with version cells: not cached, always fresh.
     return answer(await nearbyFromDb(at.lat, at.lng, q.radius_m, q.limit, caller), false, false);
   }
 
   const key = nearbyKey(at.lat, at.lng, q.radius_m, q.limit);
-  // One round trip: the versions now, and the cached answer.
-  const read = await tryRedis((r) => r.mget(...versionKeys, key));
+  const read = await tryRedis((r) => r.get(key));
   if (!read.ok) {
     recordCache("nearby", "error");
     recordDegraded("nearby-online");
     return answer(await nearbyFromDb(at.lat, at.lng, q.radius_m, q.limit, caller), false, true);
   }
-  const stamp = versionStamp(read.value.slice(0, versionKeys.length));
-  const entry = parseEntry(read.value[versionKeys.length]);
+  const entry = parseEntry(read.value);
 
-  if (entry && entry.v === stamp) {
+  if (entry) {
+    // One round trip: the versions the answer depends on, and its users' presence keys.
     const candidates = entry.u.filter(([id]) => id !== caller);
-    const states = candidates.length
-      ? await tryRedis((r) => r.mget(...candidates.map(([id]) => presenceKey(id))))
-      : { ok: true as const, value: [] };
-    if (states.ok) {
+    const got = await tryRedis((r) =>
+      r.mget(...entry.k, ...candidates.map(([id]) => presenceKey(id)))
+    );
+    if (got.ok && versionStamp(got.value.slice(0, entry.k.length)) === entry.v) {
+      const states = got.value.slice(entry.k.length);
       const users: NearbyUser[] = [];
       candidates.forEach(([user_id, display_name, distance_m, lastSeen], i) => {
-        const state = parsePresence(states.value[i]);
+        const state = parsePresence(states[i]);
         if (state && !state.is_online) return; // went offline since the answer was computed
         users.push({
           user_id,
@@ -183,31 +185,53 @@ export const handler = serveJson("nearby-online", async (req) => {
     }
   }
 
-  // Miss: compute for everyone in the cell, store it under the versions read above (before
-  // the query, so a change committed meanwhile invalidates it), serve it without the caller.
+  // Miss: read the versions first (a change committed during the query then invalidates the
+  // answer it might have missed), compute for everyone in the cell, store, serve without the
+  // caller.
+  const before = await tryRedis((r) => r.mget(...disk.keys));
   const size = fetchSize(q.limit);
   const users = await nearbyFromDb(at.lat, at.lng, q.radius_m, size, null);
-  const fresh: Entry = {
-    v: stamp,
-    more: users.length >= size,
-    u: users.map((u) => [u.user_id, u.display_name, u.distance_m, u.last_seen_at]),
-  };
   recordCache("nearby", "miss");
-  const stored = await tryRedis((r) =>
-    r.multi()
-      .set(key, JSON.stringify(fresh), "EX", NEARBY_TTL_SECONDS)
-      .incr("metrics:nearby:misses")
-      .exec()
-  );
-  if (!stored.ok) recordDegraded("nearby-online");
-  return answer(users.filter((u) => u.user_id !== caller).slice(0, q.limit), false, !stored.ok);
+  let stored = false;
+  if (before.ok) {
+    const more = users.length >= size;
+    let deps = disk.keys;
+    let values = before.value;
+    if (more) {
+      // An answer cut at `size` rows changes only when someone comes online closer than its
+      // last row: it depends on the version cells of that smaller disk (same level, so they
+      // were read above). In a busy area this is what keeps answers cacheable.
+      const reach = Math.min(q.radius_m, users[users.length - 1].distance_m + 100);
+      const inner = diskVersionKeys(at.lat, at.lng, reach, disk.level);
+      const index = new Map(disk.keys.map((k, i) => [k, i]));
+      if (inner && inner.keys.every((k) => index.has(k))) {
+        deps = inner.keys;
+        values = inner.keys.map((k) => before.value[index.get(k)!]);
+      }
+    }
+    const fresh: Entry = {
+      k: deps,
+      v: versionStamp(values),
+      more,
+      u: users.map((u) => [u.user_id, u.display_name, u.distance_m, u.last_seen_at]),
+    };
+    stored = (await tryRedis((r) =>
+      r.multi()
+        .set(key, JSON.stringify(fresh), "EX", NEARBY_TTL_SECONDS)
+        .incr("metrics:nearby:misses")
+        .exec()
+    )).ok;
+  }
+  if (!stored) recordDegraded("nearby-online");
+  return answer(users.filter((u) => u.user_id !== caller).slice(0, q.limit), false, !stored);
 });
 
 function parseEntry(raw: string | null | undefined): Entry | undefined {
   if (!raw) return undefined;
   try {
     const e = JSON.parse(raw);
-    return typeof e?.v === "string" && typeof e?.more === "boolean" && Array.isArray(e?.u)
+    return typeof e?.v === "string" && typeof e?.more === "boolean" && Array.isArray(e?.u) &&
+        Array.isArray(e?.k)
       ? e as Entry
       : undefined;
   } catch {

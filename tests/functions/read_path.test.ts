@@ -346,6 +346,31 @@ test("nearby_shows_someone_who_came_online_within_a_second", async () => {
   await report(sleeper, "offline");
 });
 
+test("a_full_answer_is_invalidated_only_by_arrivals_closer_than_its_last_row", async () => {
+  // Far from the rest of the cast: a crowd of 9 online users within ~1.2 km, so an answer
+  // with limit 2 (8 rows kept) is cut short of its 4 km radius.
+  const east = 30_000;
+  const watcher = await createUser("watcher", at(east, 0), false);
+  for (let i = 0; i < 9; i++) await createUser(`crowd${i}`, at(east + i * 150, 0), true);
+  const distant = await createUser("distant", at(east, 3600), false);
+  const close = await createUser("close", at(east + 100, 0), false);
+  const look = () => nearby(watcher, watcher, { limit: 2 });
+
+  await look();
+  const before = await look();
+  assert.equal(before.body.cached, true);
+
+  // Someone comes online inside the radius but beyond the answer's last row: still cached.
+  await report(distant, "online", distant);
+  const after = await look();
+  assert.equal(after.body.cached, true, "an arrival beyond the last row keeps the answer");
+  assert.deepEqual(names(after), names(before));
+
+  // Someone comes online closer than the last row: the next read recomputes.
+  await report(close, "online", close);
+  assert.equal((await look()).body.cached, false, "an arrival within the answer recomputes it");
+});
+
 test("nearby_serves_the_caller_s_own_cell_even_when_the_answer_was_for_someone_else", async () => {
   // limit 1: the cached answer was computed with spare rows, so removing the caller still
   // leaves one.

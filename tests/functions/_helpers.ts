@@ -27,3 +27,50 @@ export function unsignedJwt(claims: Record<string, unknown>): string {
     btoa(JSON.stringify(o)).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
   return `${b64({ alg: "none", typ: "JWT" })}.${b64(claims)}.`;
 }
+
+/** A free TCP port on loopback (nothing listens on it once returned). */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/**
+ * A private functions server (own process, own port, the test's environment plus `env`), to
+ * kill or misconfigure. Ready when `readyPath` answers at all: the default, `presence-webhook`
+ * by GET, is refused (405) before any connection to Postgres or Redis is made, so the server's
+ * first real request starts cold.
+ */
+export async function startFunctionsServer(
+  env: Record<string, string>,
+  readyPath = "presence-webhook",
+): Promise<{ url: string; child: Deno.ChildProcess }> {
+  const root = Deno.env.get("SLTR_ROOT") ?? ".";
+  const port = freePort();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-env",
+      "--allow-read",
+      "--allow-sys",
+      `${root}/functions/_serve/main.ts`,
+    ],
+    cwd: root,
+    env: { ...Deno.env.toObject(), FUNCTIONS_PORT: String(port), ...env },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const url = `http://127.0.0.1:${port}/functions/v1`;
+  for (let i = 0;; i++) {
+    try {
+      await (await fetch(`${url}/${readyPath}`)).body?.cancel();
+      return { url, child };
+    } catch (e) {
+      if (i > 150) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}

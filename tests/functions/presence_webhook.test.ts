@@ -6,11 +6,17 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
 import { PRESENCE_CHANNEL, PRESENCE_WRITE_LUA } from "../../functions/presence-webhook/handler.ts";
-import { ANON_KEY, FUNCTIONS_URL, SERVICE_ROLE_KEY, userJwt } from "./_helpers.ts";
+import {
+  ANON_KEY,
+  freePort,
+  FUNCTIONS_URL,
+  SERVICE_ROLE_KEY,
+  startFunctionsServer,
+  userJwt,
+} from "./_helpers.ts";
 
 const WEBHOOK = `${FUNCTIONS_URL}/presence-webhook`;
 const SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
-const ROOT = Deno.env.get("SLTR_ROOT") ?? ".";
 const DB_URL = Deno.env.get("DB_URL")!;
 const REDIS_URL = Deno.env.get("REDIS_URL")!;
 const EMAIL_DOMAIN = "presence-webhook.test";
@@ -766,42 +772,9 @@ test("a_missed_leave_expires_after_max_age", async () => {
 
 // ---- outages and crashes -------------------------------------------------------------------
 
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
-/** A private functions server (own process, own port), so it can be killed or misconfigured. */
+/** A private functions server whose base URL is the webhook's. */
 async function privateServer(overrides: Record<string, string>) {
-  const port = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-env",
-      "--allow-read",
-      "--allow-sys",
-      `${ROOT}/functions/_serve/main.ts`,
-    ],
-    cwd: ROOT,
-    env: { ...Deno.env.toObject(), FUNCTIONS_PORT: String(port), ...overrides },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  const url = `http://127.0.0.1:${port}/functions/v1`;
-  for (let i = 0;; i++) {
-    try {
-      // Up yet? A GET is refused (405) before anything connects: the first POST starts cold.
-      await (await fetch(`${url}/presence-webhook`)).body?.cancel();
-      break;
-    } catch (e) {
-      if (i > 150) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  const { url, child } = await startFunctionsServer(overrides);
   return { url: `${url}/presence-webhook`, child };
 }
 

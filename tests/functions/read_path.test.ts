@@ -6,9 +6,8 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
 import { createClient } from "@supabase/supabase-js";
-import { ANON_KEY, FUNCTIONS_URL, userJwt } from "./_helpers.ts";
+import { ANON_KEY, freePort, FUNCTIONS_URL, startFunctionsServer, userJwt } from "./_helpers.ts";
 
-const ROOT = Deno.env.get("SLTR_ROOT") ?? ".";
 const DB_URL = Deno.env.get("DB_URL")!;
 const REDIS_URL = Deno.env.get("REDIS_URL")!;
 const SUPABASE_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
@@ -149,13 +148,6 @@ async function counter(name: string): Promise<number> {
 
 // ---- private Redis and functions server ----------------------------------------------------
 
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
 async function waitFor(what: string, ok: () => Promise<boolean>, ms = 15_000): Promise<void> {
   const until = Date.now() + ms;
   while (Date.now() < until) {
@@ -175,29 +167,7 @@ function startRedis(port: number): Deno.ChildProcess {
 }
 
 async function startFunctions(env: Record<string, string>) {
-  const port = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-env",
-      "--allow-read",
-      "--allow-sys",
-      `${ROOT}/functions/_serve/main.ts`,
-    ],
-    cwd: ROOT,
-    env: { ...Deno.env.toObject(), FUNCTIONS_PORT: String(port), ...env },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  const url = `http://127.0.0.1:${port}/functions/v1`;
-  await waitFor("the private functions server", async () => {
-    const res = await fetch(`${url}/health`); // answers 503 when its database is gone
-    await res.body?.cancel();
-    return true;
-  });
-  return { url, child };
+  return await startFunctionsServer(env, "health");
 }
 
 async function stop(child: Deno.ChildProcess, signal: Deno.Signal = "SIGTERM"): Promise<void> {

@@ -145,39 +145,17 @@ function svg(
   parts.push(
     `<text x="10" y="${y0}" font-size="15" font-weight="bold">Database statements per minute</text>`,
   );
-  parts.push(`<text x="10" y="${y0 + 32}">polling (required)</text>`);
-  parts.push(
-    `<rect x="220" y="${y0 + 20}" width="${
-      bar(summary.polling_db_statements_per_min)
-    }" height="16" fill="#d95f02"/>`,
-  );
-  parts.push(
-    `<text x="${224 + bar(summary.polling_db_statements_per_min)}" y="${
-      y0 + 32
-    }">${summary.polling_db_statements_per_min}</text>`,
-  );
-  parts.push(`<text x="10" y="${y0 + 62}">polling (achieved)</text>`);
-  parts.push(
-    `<rect x="220" y="${y0 + 50}" width="${
-      bar(polling.achieved_statements_per_min)
-    }" height="16" fill="#fdae6b"/>`,
-  );
-  parts.push(
-    `<text x="${224 + bar(polling.achieved_statements_per_min)}" y="${
-      y0 + 62
-    }">${polling.achieved_statements_per_min}</text>`,
-  );
-  parts.push(`<text x="10" y="${y0 + 92}">presence pipeline</text>`);
-  parts.push(
-    `<rect x="220" y="${y0 + 80}" width="${
-      bar(summary.presence_db_statements_per_min)
-    }" height="16" fill="#1b9e77"/>`,
-  );
-  parts.push(
-    `<text x="${224 + bar(summary.presence_db_statements_per_min)}" y="${
-      y0 + 92
-    }">${summary.presence_db_statements_per_min}</text>`,
-  );
+  const loads: [string, number, string][] = [
+    ["polling (required)", summary.polling_db_statements_per_min, "#d95f02"],
+    ["polling (achieved)", polling.achieved_statements_per_min, "#fdae6b"],
+    ["presence pipeline", summary.presence_db_statements_per_min, "#1b9e77"],
+  ];
+  loads.forEach(([label, value, color], i) => {
+    const y = y0 + 20 + i * 30;
+    parts.push(`<text x="10" y="${y + 12}">${label}</text>`);
+    parts.push(`<rect x="220" y="${y}" width="${bar(value)}" height="16" fill="${color}"/>`);
+    parts.push(`<text x="${224 + bar(value)}" y="${y + 12}">${value}</text>`);
+  });
   parts.push("</svg>");
   return parts.join("\n") + "\n";
 }

@@ -28,9 +28,19 @@ const CITIES = [
   { name: "Berlin", lat: 52.52, lng: 13.405 },
 ];
 
-const direct = postgres(DB_URL, { max: 2, onnotice: () => {} });
+// The benchmark's own direct connections are named, and left out of the connection counts.
+const BENCH_APP = "sltr-bench-direct";
+const direct = postgres(DB_URL, {
+  max: 2,
+  onnotice: () => {},
+  connection: { application_name: BENCH_APP },
+});
 const pooled = postgres(POOLER_URL, { max: 8, prepare: false, onnotice: () => {} });
-const monitor = postgres(DB_URL, { max: 1, onnotice: () => {} });
+const monitor = postgres(DB_URL, {
+  max: 1,
+  onnotice: () => {},
+  connection: { application_name: BENCH_APP },
+});
 
 interface User {
   id: string;
@@ -147,7 +157,7 @@ async function serverConnections(): Promise<{ total: number; active: number }> {
   const [row] = await monitor<{ total: number; active: number }[]>`
     select count(*)::int as total, (count(*) filter (where state <> 'idle'))::int as active
     from pg_stat_activity
-    where backend_type = 'client backend' and pid <> pg_backend_pid()`;
+    where backend_type = 'client backend' and application_name <> ${BENCH_APP}`;
   return row;
 }
 
@@ -187,6 +197,7 @@ async function presencePhase(users: User[], tokens: string[]) {
   // Each online user looks at who is nearby about every 30 s.
   const nearbyPerSec = args.smoke ? 40 : Math.min(250, Math.max(40, Math.round(onlineUsers / 30)));
   const online = () => users.filter((u) => u.online);
+  const probing = new Set<string>();
 
   // Warm-up: the same mix, not recorded.
   let stop = false;
@@ -203,6 +214,7 @@ async function presencePhase(users: User[], tokens: string[]) {
       const at = new Date().toISOString();
       const kind = r() * (2 * joinRate + moveRate);
       const u = kind < joinRate ? pick(users, r) : pick(online(), r);
+      if (probing.has(u.id)) continue;
       if (kind >= joinRate && kind < 2 * joinRate) {
         u.online = false;
         events.push({ user_id: u.id, status: "offline", at });
@@ -264,9 +276,13 @@ async function presencePhase(users: User[], tokens: string[]) {
   });
   // Propagation: an offline user comes online; how long until each read path shows it.
   const probe = paced(1, 1, done, async () => {
-    const u = users.find((x) => !x.online && r() < 0.05) ?? pick(users, r);
+    // Not one of the viewers (tokens belong to users[0..199]: a caller never sees themself),
+    // and kept out of the churn while probed.
+    const candidates = users.slice(tokens.length);
+    const u = candidates.find((x) => !x.online && r() < 0.05) ?? pick(candidates, r);
     const at = new Date().toISOString();
     u.online = true;
+    probing.add(u.id);
     const res = await signedPost([{ user_id: u.id, status: "online", at, lat: u.lat, lng: u.lng }]);
     await res.arrayBuffer();
     if (res.status !== 202) return;
@@ -297,6 +313,7 @@ async function presencePhase(users: User[], tokens: string[]) {
       }
       await sleep(20);
     }
+    probing.delete(u.id);
     if (measuring && !seenBatch) h.propagationBatch.errors++;
     if (measuring && !seenNearby) h.propagationNearby.errors++;
   });

@@ -26,10 +26,29 @@ export function redis(): Redis | undefined {
 
 export type Cached<T> = { ok: true; value: T } | { ok: false };
 
+/**
+ * Whether `r` can take a command now. A connection still opening (a cold process, a fresh
+ * isolate) is waited for up to `timeoutMs`; one that is down and reconnecting is not.
+ */
+export async function connected(r: Redis, timeoutMs = 500): Promise<boolean> {
+  if (["wait", "connecting", "connect"].includes(r.status)) {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        r.off("ready", done).off("close", done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      r.once("ready", done).once("close", done);
+    });
+  }
+  return r.status === "ready";
+}
+
 /** Runs a Redis operation; any failure (down, timeout) is `{ ok: false }`. */
 export async function tryRedis<T>(op: (r: Redis) => Promise<T>): Promise<Cached<T>> {
   const r = redis();
-  if (!r || r.status !== "ready") return { ok: false };
+  if (!r || !(await connected(r))) return { ok: false };
   try {
     return { ok: true, value: await op(r) };
   } catch {

@@ -13,6 +13,7 @@ import type postgres from "postgres";
 import { requireUser, verifySignature } from "../_shared/auth.ts";
 import { bumpNearbyVersionsWith, type ChangedPoint } from "../_shared/cache.ts";
 import { query } from "../_shared/db.ts";
+import { connected } from "../_shared/redis.ts";
 import { recordPresenceEvents } from "../_shared/metrics.ts";
 import { env } from "../_shared/env.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";
@@ -332,19 +333,7 @@ function writer(): Redis | undefined {
  */
 async function tryWrite(op: (r: Redis) => Promise<unknown>, timeoutMs = 500): Promise<boolean> {
   const r = writer();
-  if (!r) return false;
-  if (["wait", "connecting", "connect"].includes(r.status)) {
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        r.off("ready", done).off("close", done);
-        resolve();
-      };
-      const timer = setTimeout(done, timeoutMs);
-      r.once("ready", done).once("close", done);
-    });
-  }
-  if (r.status !== "ready") return false;
+  if (!r || !(await connected(r, timeoutMs))) return false;
   try {
     await op(r);
     return true;

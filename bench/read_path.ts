@@ -10,6 +10,7 @@ import postgres from "postgres";
 import { Redis } from "ioredis";
 import { SignJWT } from "jose";
 import * as hdr from "hdr-histogram-js";
+import { rng } from "./lib.ts";
 
 // ---- settings ------------------------------------------------------------------------------
 
@@ -46,17 +47,7 @@ const pooled = postgres(POOLER_URL, { max: 1, prepare: false, onnotice: () => {}
 const prepared = postgres(DB_URL, { max: 1, prepare: true, onnotice: () => {} });
 const redis = new Redis(REDIS_URL);
 
-// Deterministic PRNG (mulberry32), so every run asks the same questions.
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Deterministic (bench/lib.ts rng), so every run asks the same questions.
 const random = rng(42);
 const pick = <T>(xs: T[]) => xs[Math.floor(random() * xs.length)];
 const userId = (n: number) => `c0ffee00-0000-4000-8000-${n.toString(16).padStart(12, "0")}`;

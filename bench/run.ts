@@ -206,7 +206,7 @@ async function presencePhase(users: User[], tokens: string[]) {
   const total = (args.warmup + args.duration) * 1000;
   const done = () => stop;
 
-  const presenceCallsBefore = { v: 0 };
+  let presenceCallsBefore = 0;
   const cronBefore = new Date();
   const bridge = paced(4, 1, done, async () => {
     const events: Record<string, unknown>[] = [];
@@ -329,7 +329,7 @@ async function presencePhase(users: User[], tokens: string[]) {
   })();
 
   await sleep(args.warmup * 1000);
-  presenceCallsBefore.v = await statementCalls(
+  presenceCallsBefore = await statementCalls(
     "ingest_presence|flush_presence|expire_stale_presence",
   );
   const measureStart = performance.now();
@@ -339,7 +339,7 @@ async function presencePhase(users: User[], tokens: string[]) {
   const minutes = (performance.now() - measureStart) / 60_000;
   const presenceCalls =
     (await statementCalls("ingest_presence|flush_presence|expire_stale_presence")) -
-    presenceCallsBefore.v;
+    presenceCallsBefore;
   stop = true;
   await Promise.all([bridge, nearby, status, rpc, probe, sampler]);
   progress("presence", total, total, "done");

@@ -123,6 +123,9 @@ functions_env() {
   export SUPABASE_URL="$API_URL" SUPABASE_ANON_KEY="$ANON_KEY" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY"
   export SUPABASE_DB_URL="$POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL PRESENCE_WEBHOOK_SECRET
   export FUNCTIONS_PORT
+  # The local Realtime endpoint (same process): database broadcasts by logical replication
+  # need a direct connection (a pooler cannot replicate).
+  export REALTIME_REPLICATION_DB_URL="$DB_URL"
 }
 
 serve_cmd=("$NODE_BIN/deno" run --allow-net --allow-env --allow-read --allow-sys "$ROOT/functions/_serve/main.ts")

@@ -1,13 +1,23 @@
-// Local edge-functions server: serves every function under /functions/v1/<name>, with
-// Supabase's verify_jwt behaviour, on the port `supabase start` uses (54321).
-// Hosted Supabase runs each functions/<name>/index.ts on its own; this is their local host.
+// The local API gateway on the port `supabase start` uses (54321): every function under
+// /functions/v1/<name>, with Supabase's verify_jwt behaviour, and the local Realtime endpoint
+// under /realtime/v1 (realtime/server.ts). Hosted Supabase runs each functions/<name>/index.ts
+// on its own and Realtime as its own service; this is their local host.
 import { requireJwt } from "../_shared/auth.ts";
 import { error, HttpError, preflight, serveJson } from "../_shared/http.ts";
+import { realtimeConfig } from "../../realtime/config.ts";
+import { RealtimeServer } from "../../realtime/server.ts";
 import { functions } from "./registry.ts";
 
 const port = Number(Deno.env.get("FUNCTIONS_PORT") ?? "54321");
 
+/** Off with REALTIME_ENABLED=false (a functions-only server, e.g. in tests). */
+export const realtime = Deno.env.get("REALTIME_ENABLED") === "false"
+  ? undefined
+  : new RealtimeServer(realtimeConfig());
+realtime?.start();
+
 async function route(req: Request): Promise<Response> {
+  if (realtime?.handles(req)) return await realtime.handle(req);
   const url = new URL(req.url);
   const match = /^\/functions\/v1\/([a-z0-9-]+)\/?$/.exec(url.pathname);
   const fn = match ? functions[match[1]] : undefined;
@@ -33,5 +43,6 @@ console.log(
     level: "info",
     msg: "functions served",
     url: `http://127.0.0.1:${port}/functions/v1`,
+    realtime: realtime ? `ws://127.0.0.1:${port}/realtime/v1` : null,
   }),
 );

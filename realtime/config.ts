@@ -1,0 +1,153 @@
+// The local Realtime endpoint's settings: the tenant limits of a hosted plan, the server's own
+// timeouts, and where the database is. Read once from the environment (REALTIME_*).
+//
+// Plan limits are Supabase's published ones (supabase.com/docs/guides/realtime/limits); the
+// defaults of the server source (supabase/realtime config/runtime.exs, tenant.ex) fill in what
+// the plans do not name. The local default is the Team plan, except that payloads are capped at
+// the Free plan's 256 KB: a few hundred demo users need Team's connections, and nothing that
+// passes locally should be refused on a smaller plan.
+
+export interface Limits {
+  /** Sockets with at least one channel (`max_concurrent_users`). */
+  maxConcurrentUsers: number;
+  /** Channel joins per second, averaged like the hosted RateCounter (5 s ticks, 12 buckets). */
+  maxJoinsPerSecond: number;
+  maxChannelsPerClient: number;
+  /** Messages delivered per second, all channels together. */
+  maxEventsPerSecond: number;
+  maxPresenceEventsPerSecond: number;
+  /** Broadcast and presence payloads; the hosted check allows 500 bytes of slack. */
+  maxPayloadKb: number;
+  /** Presence calls (track/untrack) per channel in one window (CLIENT_PRESENCE_MAX_CALLS). */
+  clientPresenceMaxCalls: number;
+  clientPresenceWindowMs: number;
+}
+
+const common = {
+  maxChannelsPerClient: 100,
+  clientPresenceMaxCalls: 5,
+  clientPresenceWindowMs: 30_000,
+};
+
+export const PLANS = {
+  free: {
+    ...common,
+    maxConcurrentUsers: 200,
+    maxJoinsPerSecond: 100,
+    maxEventsPerSecond: 100,
+    maxPresenceEventsPerSecond: 20,
+    maxPayloadKb: 256,
+  },
+  pro: {
+    ...common,
+    maxConcurrentUsers: 500,
+    maxJoinsPerSecond: 500,
+    maxEventsPerSecond: 500,
+    maxPresenceEventsPerSecond: 50,
+    maxPayloadKb: 3000,
+  },
+  team: {
+    ...common,
+    maxConcurrentUsers: 10_000,
+    maxJoinsPerSecond: 2_500,
+    maxEventsPerSecond: 2_500,
+    maxPresenceEventsPerSecond: 1_000,
+    maxPayloadKb: 3000,
+  },
+  local: {
+    ...common,
+    maxConcurrentUsers: 10_000,
+    maxJoinsPerSecond: 2_500,
+    maxEventsPerSecond: 2_500,
+    maxPresenceEventsPerSecond: 1_000,
+    maxPayloadKb: 256,
+  },
+} satisfies Record<string, Limits>;
+
+export type Plan = keyof typeof PLANS;
+
+export interface RealtimeConfig {
+  plan: Plan;
+  limits: Limits;
+  /** The project's JWT secret (HS256/384/512 tokens). */
+  jwtSecret: string;
+  /** Authorization checks, through the pooler (transaction mode). */
+  dbUrl: string;
+  /** Logical replication of realtime.messages: a direct connection, never the pooler. */
+  replicationUrl: string | undefined;
+  /** A refused join is answered this late (CHANNEL_ERROR_BACKOFF_MS, default 5000). */
+  joinErrorBackoffMs: number;
+  /** A refused connection is answered this late (CONNECT_ERROR_BACKOFF_MS, default 2000). */
+  connectErrorBackoffMs: number;
+  /** A socket that sent nothing for this long is closed (Phoenix's 60 s websocket timeout). */
+  idleTimeoutMs: number;
+  /** Largest frame accepted (endpoint.ex max_frame_size). */
+  maxFrameBytes: number;
+  /** The longest the channel waits before re-verifying its token (@confirm_token_ms_interval). */
+  confirmTokenIntervalMs: number;
+  /** Tenant setting "only private channels". */
+  privateOnly: boolean;
+}
+
+function integer(env: (name: string) => string | undefined, name: string, fallback: number) {
+  const raw = env(name);
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) {
+    throw new Error(`${name} must be a non-negative integer, got ${raw}`);
+  }
+  return value;
+}
+
+export function realtimeConfig(
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+): RealtimeConfig {
+  const plan = (env("REALTIME_PLAN") || "local") as Plan;
+  if (!(plan in PLANS)) {
+    throw new Error(`REALTIME_PLAN must be one of ${Object.keys(PLANS).join(", ")}, got ${plan}`);
+  }
+  const base: Limits = PLANS[plan];
+  const limits: Limits = {
+    maxConcurrentUsers: integer(env, "REALTIME_MAX_CONCURRENT_USERS", base.maxConcurrentUsers),
+    maxJoinsPerSecond: integer(env, "REALTIME_MAX_JOINS_PER_SECOND", base.maxJoinsPerSecond),
+    maxChannelsPerClient: integer(
+      env,
+      "REALTIME_MAX_CHANNELS_PER_CLIENT",
+      base.maxChannelsPerClient,
+    ),
+    maxEventsPerSecond: integer(env, "REALTIME_MAX_EVENTS_PER_SECOND", base.maxEventsPerSecond),
+    maxPresenceEventsPerSecond: integer(
+      env,
+      "REALTIME_MAX_PRESENCE_EVENTS_PER_SECOND",
+      base.maxPresenceEventsPerSecond,
+    ),
+    maxPayloadKb: integer(env, "REALTIME_MAX_PAYLOAD_KB", base.maxPayloadKb),
+    clientPresenceMaxCalls: integer(
+      env,
+      "REALTIME_CLIENT_PRESENCE_MAX_CALLS",
+      base.clientPresenceMaxCalls,
+    ),
+    clientPresenceWindowMs: integer(
+      env,
+      "REALTIME_CLIENT_PRESENCE_WINDOW_MS",
+      base.clientPresenceWindowMs,
+    ),
+  };
+  const jwtSecret = env("SUPABASE_JWT_SECRET");
+  const dbUrl = env("REALTIME_DB_URL") || env("SUPABASE_DB_URL");
+  if (!jwtSecret) throw new Error("missing environment variable SUPABASE_JWT_SECRET");
+  if (!dbUrl) throw new Error("missing environment variable REALTIME_DB_URL or SUPABASE_DB_URL");
+  return {
+    plan,
+    limits,
+    jwtSecret,
+    dbUrl,
+    replicationUrl: env("REALTIME_REPLICATION_DB_URL") || undefined,
+    joinErrorBackoffMs: integer(env, "REALTIME_JOIN_ERROR_BACKOFF_MS", 5000),
+    connectErrorBackoffMs: integer(env, "REALTIME_CONNECT_ERROR_BACKOFF_MS", 2000),
+    idleTimeoutMs: integer(env, "REALTIME_IDLE_TIMEOUT_MS", 60_000),
+    maxFrameBytes: integer(env, "REALTIME_MAX_FRAME_BYTES", 5_000_000),
+    confirmTokenIntervalMs: integer(env, "REALTIME_CONFIRM_TOKEN_INTERVAL_MS", 5 * 60_000),
+    privateOnly: env("REALTIME_PRIVATE_ONLY") === "true",
+  };
+}

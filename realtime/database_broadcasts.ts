@@ -1,0 +1,117 @@
+// Database broadcasts: every row committed to realtime.messages (realtime.send() and
+// realtime.broadcast_changes() write them) reaches the topic's members. Hosted Realtime streams
+// them by logical replication (supabase/realtime lib/realtime/tenants/replication_connection.ex):
+// it ensures the publication supabase_realtime_messages_publication FOR TABLE
+// realtime.messages, creates a TEMPORARY pgoutput slot and fans each insert out. So do we, with
+// postgres.js's replication client: no polling, no trigger, and rows committed while no slot
+// exists are never delivered, as hosted.
+import postgres from "postgres";
+
+export const PUBLICATION = "supabase_realtime_messages_publication";
+
+export interface DatabaseMessage {
+  id: string;
+  topic: string;
+  event: string;
+  private: boolean;
+  payload: unknown;
+  /** When the row was inserted (the server's clock), for the latency metric. */
+  insertedAt?: Date;
+}
+
+export type Log = (level: "info" | "warn" | "error", msg: string, data?: object) => void;
+
+/**
+ * Keeps one replication stream open and hands every broadcast row to `deliver`. If the
+ * database goes away the stream is re-created (a new temporary slot) with capped backoff.
+ */
+export class DatabaseBroadcasts {
+  private sql?: postgres.Sql;
+  private stopped = false;
+  private retryTimer?: ReturnType<typeof setTimeout>;
+  private attempt = 0;
+  connected = false;
+  received = 0;
+
+  constructor(
+    private readonly url: string,
+    private readonly deliver: (m: DatabaseMessage) => void,
+    private readonly log: Log,
+  ) {}
+
+  start(): void {
+    void this.connect();
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.ensurePublication();
+      const sql = postgres(this.url, {
+        publications: PUBLICATION,
+        onnotice: () => {},
+        connect_timeout: 5,
+        connection: { application_name: "sltr-realtime-replication" },
+      });
+      this.sql = sql;
+      await sql.subscribe(
+        "insert:realtime.messages",
+        (row) => this.onRow(row),
+        () => {
+          this.connected = true;
+          this.attempt = 0;
+        },
+      );
+      this.log("info", "database broadcasts: replication started", { publication: PUBLICATION });
+    } catch (e) {
+      this.connected = false;
+      const sql = this.sql;
+      this.sql = undefined;
+      await sql?.end({ timeout: 0 }).catch(() => {});
+      const delay = Math.min(10_000, 250 * 2 ** this.attempt++);
+      this.log("warn", "database broadcasts: replication unavailable, retrying", {
+        error: String((e as Error)?.message ?? e),
+        retry_ms: delay,
+      });
+      this.retryTimer = setTimeout(() => void this.connect(), delay);
+    }
+  }
+
+  /** Hosted Realtime creates the publication when it first connects (connect.ex). */
+  private async ensurePublication(): Promise<void> {
+    const admin = postgres(this.url, { max: 1, onnotice: () => {}, connect_timeout: 5 });
+    try {
+      await admin.unsafe(`do $$ begin
+        if not exists (select from pg_publication where pubname = '${PUBLICATION}') then
+          create publication ${PUBLICATION} for table realtime.messages;
+        end if;
+      end $$`);
+    } finally {
+      await admin.end({ timeout: 1 });
+    }
+  }
+
+  private onRow(row: postgres.Row | null): void {
+    if (!row) return;
+    const { id, topic, event, payload, extension } = row;
+    // Only broadcasts that carry what a message needs (replication_connection.ex).
+    if (extension !== "broadcast" || typeof topic !== "string" || typeof event !== "string") return;
+    if (typeof id !== "string" || payload === null || payload === undefined) return;
+    this.received++;
+    const inserted = row.inserted_at;
+    this.deliver({
+      id,
+      topic,
+      event,
+      private: row.private === true,
+      payload,
+      insertedAt: inserted instanceof Date ? inserted : undefined,
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    await this.sql?.end({ timeout: 1 }).catch(() => {});
+  }
+}

@@ -9,8 +9,9 @@ help: ## List the targets
 install: ## Install Debian packages and npm dependencies (idempotent)
 	@$(S)/install.sh
 
-dev: install ## Start the local stack and serve the functions in the foreground
+dev: install ## Start the whole local stack; functions and Realtime in the foreground
 	@$(S)/stack.sh db
+	@$(S)/stack.sh bridge
 	@$(S)/stack.sh functions
 
 start: install ## Start the local stack in the background; returns when ready
@@ -31,9 +32,9 @@ rollback: ## Roll back the latest migration (dbmate)
 db-status: ## List applied and pending migrations
 	@$(S)/db.sh status
 
-bridge: start ## Run the presence bridge against the local stack (needs a Realtime server: supabase start)
-	@source $(S)/lib.sh && export SUPABASE_URL="$${SUPABASE_URL:-$$API_URL}" SUPABASE_SERVICE_ROLE_KEY="$$SERVICE_ROLE_KEY" \
-	  && log "presence bridge: Realtime at $$SUPABASE_URL/realtime/v1, webhook at $$SUPABASE_URL/functions/v1/presence-webhook (Ctrl-C stops it)" \
+bridge: install ## Run a presence bridge in the foreground (SUPABASE_URL=https://<ref>.supabase.co for hosted)
+	@source $(S)/lib.sh && unset BRIDGE_HEALTH_PORT && export SUPABASE_URL="$${SUPABASE_URL:-$$API_URL}" SUPABASE_SERVICE_ROLE_KEY="$${SUPABASE_SERVICE_ROLE_KEY:-$$SERVICE_ROLE_KEY}" \
+	  && log "presence bridge: Realtime at $$SUPABASE_URL/realtime/v1, webhook at $${PRESENCE_WEBHOOK_URL:-$$SUPABASE_URL/functions/v1/presence-webhook} (Ctrl-C stops it)" \
 	  && exec "$$NODE_BIN/deno" run --allow-net --allow-env workers/presence-bridge/main.ts
 
 types: ## Generate client/database.types.ts from the local database schema

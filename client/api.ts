@@ -38,6 +38,14 @@ export interface Answer<T> {
   degraded: boolean;
 }
 
+/** Proof that the caller is who their presence says (functions/presence-ticket). */
+export interface PresenceTicket {
+  ticket: string;
+  expires_at: string;
+  /** Lifetime in seconds, from issue. */
+  expires_in: number;
+}
+
 export interface PresenceReceipt {
   accepted: number;
   ignored: number;
@@ -120,6 +128,16 @@ export class SltrApi {
     const { data, error } = await this.supabase.functions.invoke<Answer<OnlineStatus>>(
       "online-status",
       { method: "POST", body: { user_ids: userIds } },
+    );
+    if (error || !data) throw await functionError(error);
+    return data;
+  }
+
+  /** POST functions/v1/presence-ticket: a short-lived proof of identity for presence. */
+  async presenceTicket(): Promise<PresenceTicket> {
+    const { data, error } = await this.supabase.functions.invoke<PresenceTicket>(
+      "presence-ticket",
+      { method: "POST" },
     );
     if (error || !data) throw await functionError(error);
     return data;

@@ -16,9 +16,11 @@ import {
 import type { Database } from "./database.types.ts";
 import { SltrApi } from "./api.ts";
 import { RealtimeService, type RealtimeServiceOptions } from "./realtime.ts";
+import { type ReconnectOptions, ReconnectPolicy } from "./reconnect.ts";
 
 export * from "./api.ts";
 export * from "./realtime.ts";
+export * from "./reconnect.ts";
 export type { Database, Json } from "./database.types.ts";
 
 export interface SltrClient {
@@ -27,14 +29,32 @@ export interface SltrClient {
   realtime: RealtimeService;
 }
 
-/** Create once per app: one socket, one auth session, shared by everything. */
+/** Create once per app: one socket, one auth session, shared by everything. The socket
+ * reconnects with ReconnectPolicy's jittered delays unless `realtime.reconnectAfterMs` is
+ * given. */
 export function createSltrClient(
   url: string,
   anonKey: string,
-  options: SupabaseClientOptions<"public"> & { realtimeService?: RealtimeServiceOptions } = {},
+  options: SupabaseClientOptions<"public"> & {
+    realtimeService?: RealtimeServiceOptions;
+    reconnect?: ReconnectOptions;
+  } = {},
 ): SltrClient {
-  const { realtimeService, ...supabaseOptions } = options;
-  const supabase = createClient<Database>(url, anonKey, supabaseOptions);
+  const { realtimeService, reconnect, ...supabaseOptions } = options;
+  const policy = new ReconnectPolicy(reconnect);
+  const realtime = supabaseOptions.realtime ?? {};
+  const heartbeat = realtime.heartbeatCallback;
+  const supabase = createClient<Database>(url, anonKey, {
+    ...supabaseOptions,
+    realtime: {
+      reconnectAfterMs: (tries: number) => policy.delayMs(tries),
+      ...realtime,
+      heartbeatCallback: (status, latency) => {
+        policy.heartbeat(status);
+        heartbeat?.(status, latency);
+      },
+    },
+  });
   return {
     supabase,
     api: new SltrApi(supabase),

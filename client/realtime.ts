@@ -1,16 +1,25 @@
 // RealtimeService: the app's one door to Supabase Realtime. One socket (the SupabaseClient's
 // RealtimeClient), any number of subscriptions: subscriptions to the same topic share one
-// channel (reference counted: the channel is joined on the first and left after the last
-// unsubscribe), channels are rejoined after reconnects (realtime-js) and rebuilt if the server
-// closes them (here), and presence is re-tracked after every rejoin.
+// channel (reference counted: joined on the first, left after the last unsubscribe), channels
+// are rejoined after reconnects (realtime-js) and rebuilt, with jitter, if the server closes
+// them (here).
+//
+// Presence stays within what hosted Realtime allows and proves who it is:
+//  - it tracks only `{user_id, proof, lat?, lng?}`, where proof is a presence ticket
+//    (functions/presence-ticket) renewed at two thirds of its lifetime;
+//  - it never makes more than 5 presence calls per 30 s on a channel (the hosted per-client
+//    limit closes the channel on the 6th): location updates wait for a free call and coalesce,
+//    the newest wins;
+//  - it re-tracks after every (re)join.
 //
 //   const realtime = new RealtimeService(supabase);
-//   const sub = realtime.onStatusChanges((changes) => render(changes));
 //   const me = await realtime.trackPresence(userId, { lat, lng });
-//   ...; await me.update({ lat, lng }); await sub.unsubscribe(); await realtime.close();
+//   await me.update({ lat, lng }); await me.unsubscribe(); await realtime.close();
 
 import type { RealtimeChannel, SupabaseClient } from "@supabase/supabase-js";
+import { type PresenceTicket, SltrApi } from "./api.ts";
 import type { Database } from "./database.types.ts";
+import { jitteredBackoffMs } from "./reconnect.ts";
 
 /** Presence: signed-in users track themselves here (private; only the bridge reads it). */
 export const PRESENCE_TOPIC = "online-users";
@@ -18,9 +27,12 @@ export const PRESENCE_TOPIC = "online-users";
 export const STATUS_TOPIC = "presence:changes";
 export const STATUS_EVENT = "status_changes";
 
+/** Hosted Realtime's per-channel client presence limit (track and untrack calls). */
+export const HOSTED_PRESENCE_LIMIT = { maxCalls: 5, windowMs: 30_000 };
+
 export type ChannelStatus = "JOINING" | "SUBSCRIBED" | "TIMED_OUT" | "CLOSED" | "CHANNEL_ERROR";
 
-/** One user's new status, as broadcast after a flush. Never a location. */
+/** One user's new status. Never a location. */
 export interface StatusChange {
   user_id: string;
   is_online: boolean;
@@ -38,7 +50,8 @@ export interface Subscription {
 }
 
 export interface PresenceTracking extends Subscription {
-  /** Tracks a new location (or none), e.g. when the device moved. */
+  /** Tracks a new location (or none), e.g. when the device moved. Resolves once the server
+   * has it (this or a newer one); several updates in a burst are sent as the newest. */
   update(location?: Location | null): Promise<void>;
 }
 
@@ -49,11 +62,17 @@ export interface SubscribeOptions {
 }
 
 export interface RealtimeServiceOptions {
-  /** Delay before rebuilding a channel the server closed, by attempt (1, 2, ...). */
+  /** Delay before rebuilding a channel the server closed, by attempt (1, 2, ...); default
+   * full jitter from 1 s to 30 s. */
   resubscribeAfterMs?: (attempt: number) => number;
   /** trackPresence()/update() reject when not tracked within this long (default 15 s). */
   trackTimeoutMs?: number;
+  /** The server's presence limit to stay under (default: hosted's 5 calls per 30 s). */
+  presenceLimit?: { maxCalls: number; windowMs: number };
+  /** Where presence tickets come from (default: the presence-ticket function). */
+  ticket?: () => Promise<PresenceTicket>;
   log?: (msg: string, data?: unknown) => void;
+  random?: () => number;
 }
 
 type Handler = (payload: Record<string, unknown>, event: string) => void;
@@ -64,19 +83,56 @@ interface Listener {
   onStatus?: (status: ChannelStatus, error?: Error) => void;
 }
 
+/** Presence calls made on the current join, to stay under the server's window. A sliding
+ * window of `maxCalls` per `windowMs` is never more than the server's fixed window allows. */
+class PresenceCalls {
+  private calls: number[] = [];
+
+  constructor(private readonly limit: { maxCalls: number; windowMs: number }) {}
+
+  /** A new join is a new channel on the server, with a new window. */
+  reset(): void {
+    this.calls = [];
+  }
+
+  /** How long until a call may be made (0: now). */
+  waitMs(now: number): number {
+    // A little slack for the server's clock and the frame's way there.
+    const window = this.limit.windowMs + 500;
+    this.calls = this.calls.filter((t) => t > now - window);
+    if (this.calls.length < this.limit.maxCalls) return 0;
+    return this.calls[0] + window - now;
+  }
+
+  record(now: number): void {
+    this.calls.push(now);
+  }
+}
+
+interface Presence {
+  userId: string;
+  location?: Location | null;
+  /** Bumped by every update; `sent` is the newest the server acknowledged on this join. */
+  version: number;
+  sent: number;
+  ticket?: { value: string; renewAt: number };
+  inflight: boolean;
+  timer?: ReturnType<typeof setTimeout>;
+  failures: number;
+  waiters: { version: number; resolve: () => void; reject: (e: Error) => void }[];
+}
+
 interface Topic {
   name: string;
   isPrivate: boolean;
   presenceKey?: string;
-  /** The presence payload to track after every (re)join, while someone tracks. */
-  tracked?: Record<string, unknown>;
+  presence?: Presence;
+  calls: PresenceCalls;
   channel?: RealtimeChannel;
   status: ChannelStatus;
   listeners: Set<Listener>;
   attempts: number;
   rebuildTimer?: ReturnType<typeof setTimeout>;
-  /** Waiters for the next successful track. */
-  trackWaiters: { resolve: () => void; reject: (e: Error) => void }[];
 }
 
 export class RealtimeService {
@@ -85,13 +141,21 @@ export class RealtimeService {
   private readonly leaving = new Map<string, Promise<unknown>>();
   private readonly resubscribeAfterMs: (attempt: number) => number;
   private readonly trackTimeoutMs: number;
+  private readonly presenceLimit: { maxCalls: number; windowMs: number };
+  private readonly ticket: () => Promise<PresenceTicket>;
   private readonly log: (msg: string, data?: unknown) => void;
+  private readonly random: () => number;
+  private authReady?: Promise<unknown>;
   private closed = false;
 
   constructor(readonly supabase: SupabaseClient<Database>, options: RealtimeServiceOptions = {}) {
+    this.random = options.random ?? Math.random;
     this.resubscribeAfterMs = options.resubscribeAfterMs ??
-      ((n) => [250, 1000, 2000, 5000][n - 1] ?? 10_000);
+      ((n) => Math.max(100, jitteredBackoffMs(n, { baseMs: 1000, capMs: 30_000 }, this.random)));
     this.trackTimeoutMs = options.trackTimeoutMs ?? 15_000;
+    this.presenceLimit = options.presenceLimit ?? HOSTED_PRESENCE_LIMIT;
+    const api = new SltrApi(supabase);
+    this.ticket = options.ticket ?? (() => api.presenceTicket());
     this.log = options.log ?? (() => {});
   }
 
@@ -123,16 +187,26 @@ export class RealtimeService {
 
   /**
    * Marks this device of `userId` present in the presence channel, with its location, until
-   * stop()/unsubscribe(). Several devices of one user are fine (the bridge reports the user
-   * offline when the last one leaves). The location goes to the presence bridge only: users
-   * cannot read this channel's presence.
+   * unsubscribe(). Several devices of one user are fine (the bridge reports the user offline
+   * when the last one leaves). The location goes to the presence bridge only: users cannot
+   * read this channel's presence.
    */
   async trackPresence(userId: string, location?: Location | null): Promise<PresenceTracking> {
     const listener: Listener = { event: "" };
     const entry = this.attach(PRESENCE_TOPIC, listener, { isPrivate: true, presenceKey: userId });
-    const tracked = () => this.setTracked(entry, { user_id: userId, ...(location ?? {}) });
+    entry.presence = {
+      userId,
+      location,
+      version: 1,
+      sent: 0,
+      inflight: false,
+      failures: 0,
+      waiters: [],
+    };
+    const first = this.tracked(entry, 1);
+    void this.pump(entry);
     try {
-      await tracked();
+      await first;
     } catch (e) {
       await this.detach(PRESENCE_TOPIC, listener);
       throw e;
@@ -140,14 +214,23 @@ export class RealtimeService {
     return {
       topic: PRESENCE_TOPIC,
       update: (next) => {
-        location = next;
-        return tracked();
+        const p = entry.presence;
+        if (!p || this.topics.get(PRESENCE_TOPIC) !== entry) {
+          return Promise.reject(new Error("presence is not tracked"));
+        }
+        p.location = next;
+        const done = this.tracked(entry, ++p.version);
+        void this.pump(entry);
+        return done;
       },
       unsubscribe: async () => {
         const current = this.topics.get(PRESENCE_TOPIC);
-        if (current?.listeners.has(listener)) {
-          current.tracked = undefined;
-          if (current.status === "SUBSCRIBED") {
+        if (current?.listeners.has(listener) && current.presence) {
+          this.stopPresence(current, new Error("unsubscribed"));
+          // Leaving the channel ends the presence; an untrack is needed only when the channel
+          // stays for another subscriber, and it counts against the limit like a track.
+          if (current.listeners.size > 1 && current.status === "SUBSCRIBED") {
+            current.calls.record(performance.now());
             await current.channel?.untrack().catch(() => "error");
           }
         }
@@ -171,13 +254,16 @@ export class RealtimeService {
     this.closed = true;
     const entries = [...this.topics.values()];
     this.topics.clear();
-    for (const e of entries) clearTimeout(e.rebuildTimer);
+    for (const e of entries) {
+      clearTimeout(e.rebuildTimer);
+      this.stopPresence(e, new Error("closed"));
+    }
     await Promise.all(entries.map((e) => e.channel && this.supabase.removeChannel(e.channel)));
     await Promise.all(this.leaving.values());
     await this.supabase.realtime.disconnect();
   }
 
-  // ---- internals ----
+  // ---- channels ----
 
   private attach(
     name: string,
@@ -191,10 +277,10 @@ export class RealtimeService {
         name,
         isPrivate: config.isPrivate,
         presenceKey: config.presenceKey,
+        calls: new PresenceCalls(this.presenceLimit),
         status: "JOINING",
         listeners: new Set(),
         attempts: 0,
-        trackWaiters: [],
       };
       this.topics.set(name, entry);
       entry.listeners.add(listener);
@@ -217,9 +303,9 @@ export class RealtimeService {
     // The last one: leave the channel.
     this.topics.delete(name);
     clearTimeout(entry.rebuildTimer);
+    this.stopPresence(entry, new Error("unsubscribed"));
     const channel = entry.channel;
     entry.channel = undefined;
-    for (const w of entry.trackWaiters.splice(0)) w.reject(new Error("unsubscribed"));
     if (channel) await this.remove(name, channel);
   }
 
@@ -233,6 +319,9 @@ export class RealtimeService {
   }
 
   private async open(entry: Topic): Promise<void> {
+    // The first join must carry the user's token, not the anon key: realtime-js fetches it
+    // asynchronously and would otherwise join before it has it (and be refused).
+    await (this.authReady ??= this.supabase.realtime.setAuth().catch(() => {}));
     // realtime-js has one channel per topic: wait until an old one for this topic is gone.
     await this.leaving.get(entry.name);
     if (this.topics.get(entry.name) !== entry || entry.channel) return;
@@ -267,9 +356,15 @@ export class RealtimeService {
     for (const l of entry.listeners) l.onStatus?.(entry.status, error);
     if (status === "SUBSCRIBED") {
       entry.attempts = 0;
-      if (entry.tracked) void this.track(entry, channel);
+      // A new join: a new presence on the server (nothing tracked yet) and a new call window.
+      entry.calls.reset();
+      if (entry.presence) {
+        entry.presence.sent = 0;
+        void this.pump(entry);
+      }
     } else if (status === "CLOSED" && this.topics.get(entry.name) === entry) {
-      // Closed by the server (e.g. an expired token) while still wanted: join a new channel.
+      // Closed by the server (an expired token, the presence limit) while still wanted: join a
+      // new channel, after a jittered delay.
       entry.attempts++;
       void this.rebuild(entry, this.resubscribeAfterMs(entry.attempts));
     }
@@ -289,10 +384,18 @@ export class RealtimeService {
     });
   }
 
-  private setTracked(entry: Topic, payload: Record<string, unknown>): Promise<void> {
-    entry.tracked = payload;
-    const done = new Promise<void>((resolve, reject) => {
+  // ---- presence ----
+
+  /** Resolves once the server acknowledged a track of `version` or newer. */
+  private tracked(entry: Topic, version: number): Promise<void> {
+    const p = entry.presence!;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        p.waiters = p.waiters.filter((w) => w !== waiter);
+        reject(new Error(`presence not tracked on ${entry.name} (channel ${entry.status})`));
+      }, this.trackTimeoutMs);
       const waiter = {
+        version,
         resolve: () => {
           clearTimeout(timer);
           resolve();
@@ -302,25 +405,76 @@ export class RealtimeService {
           reject(e);
         },
       };
-      const timer = setTimeout(() => {
-        entry.trackWaiters = entry.trackWaiters.filter((w) => w !== waiter);
-        reject(new Error(`presence not tracked on ${entry.name} (channel ${entry.status})`));
-      }, this.trackTimeoutMs);
-      entry.trackWaiters.push(waiter);
+      p.waiters.push(waiter);
     });
-    if (entry.channel && entry.status === "SUBSCRIBED") void this.track(entry, entry.channel);
-    return done;
   }
 
-  private async track(entry: Topic, channel: RealtimeChannel): Promise<void> {
-    if (!entry.tracked) return;
-    const result = await channel.track(entry.tracked);
-    if (entry.channel !== channel) return;
-    if (result === "ok") {
-      for (const w of entry.trackWaiters.splice(0)) w.resolve();
-    } else {
-      this.log(`presence track on ${entry.name}: ${result}`);
-      // realtime-js rejoins on errors and we track again on SUBSCRIBED; waiters keep waiting.
+  private stopPresence(entry: Topic, reason: Error): void {
+    const p = entry.presence;
+    if (!p) return;
+    entry.presence = undefined;
+    clearTimeout(p.timer);
+    for (const w of p.waiters.splice(0)) w.reject(reason);
+  }
+
+  private schedule(entry: Topic, p: Presence, delayMs: number): void {
+    clearTimeout(p.timer);
+    p.timer = setTimeout(() => void this.pump(entry), Math.max(0, delayMs));
+  }
+
+  /**
+   * Sends the newest wanted presence when the channel is joined and the limit has room, with a
+   * valid ticket; one call at a time. Re-runs itself when the limit frees a call, when the
+   * ticket is due for renewal, and after a failure (jittered backoff).
+   */
+  private async pump(entry: Topic): Promise<void> {
+    const p = entry.presence;
+    const channel = entry.channel;
+    if (!p || p.inflight || !channel || entry.status !== "SUBSCRIBED") return;
+    const now = performance.now();
+    const renew = !p.ticket || now >= p.ticket.renewAt;
+    if (p.sent >= p.version && !renew) return;
+    const wait = entry.calls.waitMs(now);
+    if (wait > 0) {
+      this.schedule(entry, p, wait);
+      return;
     }
+    p.inflight = true;
+    let retryMs: number | undefined;
+    try {
+      if (renew) {
+        const t = await this.ticket();
+        p.ticket = {
+          value: t.ticket,
+          renewAt: performance.now() + t.expires_in * 1000 * 2 / 3,
+        };
+      }
+      if (entry.presence !== p || entry.channel !== channel || entry.status !== "SUBSCRIBED") {
+        return;
+      }
+      const version = p.version;
+      const payload = { user_id: p.userId, proof: p.ticket!.value, ...(p.location ?? {}) };
+      entry.calls.record(performance.now());
+      const result = await channel.track(payload);
+      if (entry.presence !== p || entry.channel !== channel) return;
+      if (result === "ok") {
+        p.failures = 0;
+        p.sent = version;
+        for (const w of p.waiters.filter((w) => w.version <= version)) w.resolve();
+        p.waiters = p.waiters.filter((w) => w.version > version);
+      } else {
+        this.log(`presence track on ${entry.name}: ${result}`);
+        retryMs = jitteredBackoffMs(++p.failures, { baseMs: 1000, capMs: 30_000 }, this.random);
+      }
+    } catch (e) {
+      this.log("presence ticket or track failed", e);
+      retryMs = jitteredBackoffMs(++p.failures, { baseMs: 1000, capMs: 30_000 }, this.random);
+    } finally {
+      p.inflight = false;
+    }
+    if (entry.presence !== p) return;
+    if (retryMs !== undefined) this.schedule(entry, p, Math.max(250, retryMs));
+    else if (p.sent < p.version) void this.pump(entry);
+    else if (p.ticket) this.schedule(entry, p, p.ticket.renewAt - performance.now());
   }
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The local stack: Postgres 15 (54322), PgBouncer (54329), Redis (54379) and the edge
-# functions (54321), all on loopback, all state in .state/.
+# The local stack: Postgres 15 (54322), PgBouncer (54329), Redis (54379), the edge functions
+# and the local Realtime endpoint (54321), and the presence bridge (health on 54340), all on
+# loopback, all state in .state/.
 #   stack.sh start       start what is not running, bootstrap, migrate, seed; returns when ready
 #   stack.sh stop        stop everything
 #   stack.sh status      NAME=value lines, like `supabase status -o env`
-#   stack.sh functions   serve the functions in the foreground (make dev)
+#   stack.sh functions   serve the functions and Realtime in the foreground (make dev)
+#   stack.sh bridge      start the presence bridge in the background
 . "$(dirname "$0")/lib.sh"
 
 LOG_DIR="$STATE/log"
@@ -140,6 +142,26 @@ start_functions() {
   wait_for "the functions server" 150 curl -fsS "$FUNCTIONS_URL/health"
 }
 
+bridge_env() {
+  export SUPABASE_URL="$API_URL" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY" PRESENCE_WEBHOOK_SECRET
+  export BRIDGE_HEALTH_PORT BRIDGE_HEALTH_HOST=127.0.0.1
+}
+
+bridge_cmd=("$NODE_BIN/deno" run --allow-net --allow-env "$ROOT/workers/presence-bridge/main.ts")
+
+# The presence bridge against the local Realtime endpoint; `wait` = until it has joined.
+start_bridge() {
+  pid_alive "$RUN_DIR/bridge.pid" && return 0
+  require_free_port "$BRIDGE_HEALTH_PORT" "presence bridge health" BRIDGE_HEALTH_PORT
+  bridge_env
+  log "starting the presence bridge (Realtime at $API_URL/realtime/v1, health on 127.0.0.1:$BRIDGE_HEALTH_PORT)"
+  (cd "$ROOT" && exec nohup "${bridge_cmd[@]}" >>"$LOG_DIR/bridge.log" 2>&1) &
+  echo $! >"$RUN_DIR/bridge.pid"
+  if [ "${1:-}" = wait ]; then
+    wait_for "the presence bridge" 150 curl -fsS "http://127.0.0.1:$BRIDGE_HEALTH_PORT/health"
+  fi
+}
+
 stop_one() {
   local name=$1 pidfile=$2
   if pid_alive "$pidfile"; then
@@ -160,14 +182,21 @@ case "${1:-}" in
     bootstrap_db
     "$ROOT/scripts/db.sh" migrate
     psql_db -d postgres -f "$ROOT/seed.sql" >/dev/null
-    [ "$1" = start ] && start_functions
-    log "ready: $FUNCTIONS_URL (make status for URLs and keys)"
+    if [ "$1" = start ]; then
+      start_functions
+      start_bridge wait
+    fi
+    log "ready: $FUNCTIONS_URL, Realtime at ${API_URL/http/ws}/realtime/v1 (make status for URLs and keys)"
     ;;
   functions)
     functions_env
     require_free_port "$FUNCTIONS_PORT" "edge functions" FUNCTIONS_PORT
-    log "serving functions on $FUNCTIONS_URL (Ctrl-C stops them; make stop stops the rest)"
+    log "serving functions on $FUNCTIONS_URL and Realtime on ${API_URL/http/ws}/realtime/v1 (Ctrl-C stops them; make stop stops the rest)"
     cd "$ROOT" && exec "${serve_cmd[@]}"
+    ;;
+  bridge)
+    prepare_dirs
+    start_bridge
     ;;
   restart-functions)
     stop_one functions "$RUN_DIR/functions.pid"
@@ -175,6 +204,7 @@ case "${1:-}" in
     start_functions
     ;;
   stop)
+    stop_one "presence bridge" "$RUN_DIR/bridge.pid"
     stop_one functions "$RUN_DIR/functions.pid"
     stop_one Redis "$RUN_DIR/redis.pid"
     stop_one PgBouncer "$RUN_DIR/pgbouncer.pid"
@@ -187,6 +217,7 @@ case "${1:-}" in
     cat <<ENV
 API_URL=$API_URL
 FUNCTIONS_URL=$FUNCTIONS_URL
+REALTIME_URL=${API_URL/http/ws}/realtime/v1
 DB_URL=$DB_URL
 POOLER_URL=$POOLER_URL
 REDIS_URL=$REDIS_URL
@@ -200,6 +231,7 @@ ENV
     echo "PGBOUNCER_STATUS=$(running port_open "$PGBOUNCER_PORT")"
     echo "REDIS_STATUS=$(running port_open "$REDIS_PORT")"
     echo "FUNCTIONS_STATUS=$(running curl -fsS "$FUNCTIONS_URL/health")"
+    echo "BRIDGE_STATUS=$(running curl -fsS "http://127.0.0.1:$BRIDGE_HEALTH_PORT/health")"
     ;;
-  *) die "usage: $0 start|stop|status|functions|restart-functions" ;;
+  *) die "usage: $0 start|stop|status|functions|bridge|restart-functions" ;;
 esac

@@ -42,10 +42,14 @@ export async function requireJwt(req: Request): Promise<Claims> {
   return await verifyJwt(token);
 }
 
-/** A signed-in user (role authenticated with a subject). */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A signed-in user (role authenticated with a uuid subject). */
 export async function requireUser(req: Request): Promise<Claims & { sub: string }> {
   const claims = await requireJwt(req);
-  if (claims.role !== "authenticated" || typeof claims.sub !== "string") {
+  if (
+    claims.role !== "authenticated" || typeof claims.sub !== "string" || !UUID.test(claims.sub)
+  ) {
     throw new HttpError(401, "user_jwt_required", "A signed-in user's JWT is required.");
   }
   return claims as Claims & { sub: string };
@@ -65,6 +69,24 @@ async function hmacKey(secret: string): Promise<CryptoKey> {
     signingKey = { secret, key };
   }
   return signingKey.key;
+}
+
+const hex = (bytes: Uint8Array) =>
+  Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+
+/** The x-sltr-signature header for a body: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
+ * "<t>.<body>")>`, what verifySignature() accepts. Used by every sender of signed batches. */
+export async function signBody(
+  secret: string,
+  body: string,
+  nowSeconds = Math.floor(Date.now() / 1000),
+): Promise<string> {
+  const mac = await crypto.subtle.sign(
+    "HMAC",
+    await hmacKey(secret),
+    new TextEncoder().encode(`${nowSeconds}.${body}`),
+  );
+  return `t=${nowSeconds},v1=${hex(new Uint8Array(mac))}`;
 }
 
 /** Compares two byte strings in time independent of where they differ. */

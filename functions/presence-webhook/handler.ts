@@ -7,6 +7,7 @@
 // public.ingest_presence. 202 {"accepted", "ignored"} only once the batch is committed in
 // Postgres (the record); Redis is written after that, and a failure there is only reported
 // ("degraded": true).
+import type { PresenceEvent } from "../_shared/presence.ts";
 import { z } from "zod";
 import { Redis } from "ioredis";
 import type postgres from "postgres";
@@ -115,13 +116,7 @@ const bodySchema = z.strictObject({
     .min(1, { error: "events must hold at least one event" }),
 });
 
-export interface PresenceEvent {
-  user_id: string;
-  status: "online" | "offline";
-  at: string;
-  lat?: number;
-  lng?: number;
-}
+export type { PresenceEvent };
 
 function errorCodeFor(path: PropertyKey[]): string {
   const field = path[path.length - 1];

@@ -1,10 +1,12 @@
-// Shared by the Realtime suites: the running stack, users made in the real database, and
-// supabase-js clients whose only fake part is the WebSocket (see fake_realtime.ts).
+// Shared by the Realtime suites: the running stack (its Realtime endpoint, webhook, bridge and
+// database), users made in the real database, presence tickets, and supabase-js clients on
+// the real WebSocket.
 import postgres from "postgres";
 import { Redis } from "ioredis";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import type { Database } from "../../client/database.types.ts";
-import type { FakeRealtime } from "./fake_realtime.ts";
+import { issueTicket } from "../../functions/_shared/presence_ticket.ts";
+import { userJwt } from "../functions/_helpers.ts";
 
 export const API_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
 export const FUNCTIONS_URL = `${API_URL}/functions/v1`;
@@ -14,12 +16,34 @@ export const WEBHOOK_SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
 export const REDIS_URL = Deno.env.get("REDIS_URL") ?? "redis://127.0.0.1:54379";
 export const DB_URL = Deno.env.get("DB_URL") ??
   "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
+export const BRIDGE_URL = `http://127.0.0.1:${Deno.env.get("BRIDGE_HEALTH_PORT") ?? "54340"}`;
 
 export type Sql = postgres.Sql;
+export type Client = SupabaseClient<Database>;
+
+/** A Realtime test: realtime-js leaves a timer behind on disconnect; everything opened is
+ * closed in finally. */
+export function test(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+}
 
 export function database(): Sql {
   return postgres(DB_URL, { max: 2, onnotice: () => {} });
 }
+
+export async function eventually(
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 5000,
+): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Users in auth.users and profiles, committed (the webhook sees them); delete them after. */
 export async function createUsers(
@@ -42,8 +66,7 @@ export async function createUsers(
   return ids;
 }
 
-/** Removes the users (profiles and buffered presence cascade), the broadcasts about them and
- * the presence keys the webhook wrote for them in Redis. */
+/** Removes the users (profiles and buffered presence cascade) and their presence keys. */
 export async function deleteUsers(sql: Sql, ids: string[]): Promise<void> {
   if (!ids.length) return;
   const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1, lazyConnect: true });
@@ -62,28 +85,73 @@ export async function deleteUsers(sql: Sql, ids: string[]): Promise<void> {
   await sql`delete from auth.users where id = any (${ids}::uuid[])`;
 }
 
-/** A supabase-js client for the local project whose Realtime socket is the fake server's. */
-export function clientWith(
-  fake: FakeRealtime,
-  key: string,
-  options: { accessToken?: () => Promise<string>; fetch?: typeof fetch } = {},
-): SupabaseClient<Database> {
-  return createClient<Database>(API_URL, key, {
+export interface ClientOptions {
+  /** The user's access token (default: none, the key alone). */
+  token?: string | (() => Promise<string>);
+  url?: string;
+  vsn?: "1.0.0" | "2.0.0";
+  fetch?: typeof fetch;
+  timeoutMs?: number;
+}
+
+/** A supabase-js client on the real local endpoint, with quick test reconnects. */
+export function client(key = ANON_KEY, o: ClientOptions = {}): Client {
+  const token = o.token;
+  return createClient<Database>(o.url ?? API_URL, key, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
-    ...(options.accessToken ? { accessToken: options.accessToken } : {}),
-    ...(options.fetch ? { global: { fetch: options.fetch } } : {}),
+    ...(token
+      ? { accessToken: typeof token === "string" ? () => Promise.resolve(token) : token }
+      : {}),
+    ...(o.fetch ? { global: { fetch: o.fetch } } : {}),
     realtime: {
-      transport: fake.transport,
-      // Fast, deterministic reconnects for tests (production keeps realtime-js's defaults).
-      reconnectAfterMs: () => 20,
-      heartbeatIntervalMs: 200,
-      timeout: 2000,
+      reconnectAfterMs: () => 100,
+      timeout: o.timeoutMs ?? 10_000,
+      ...(o.vsn ? { vsn: o.vsn } : {}),
     },
   });
 }
 
+/** A signed-in user's client: their JWT on every join. */
+export async function userClient(userId: string, o: ClientOptions = {}): Promise<Client> {
+  const token = await userJwt(userId);
+  const c = client(ANON_KEY, { token, ...o });
+  await c.realtime.setAuth();
+  return c;
+}
+
 /** Closes a client's socket and channels. */
-export async function closeClient(client: SupabaseClient<Database>): Promise<void> {
-  await client.removeAllChannels();
-  await client.realtime.disconnect();
+export async function closeClient(c: Client): Promise<void> {
+  await c.removeAllChannels();
+  await c.realtime.disconnect();
+}
+
+/** Resolves with the status a channel settles on after subscribe(). */
+export function subscribed(
+  channel: ReturnType<Client["channel"]>,
+): Promise<{ status: string; error?: Error }> {
+  return new Promise((resolve) => {
+    channel.subscribe((status, error) => {
+      resolve({ status, error });
+    });
+  });
+}
+
+/** A presence ticket for a user, as functions/presence-ticket issues it. */
+export function ticketFor(
+  userId: string,
+  o: { ttlSeconds?: number; nowSeconds?: number; secret?: string } = {},
+): string {
+  return issueTicket(userId, o.secret ?? WEBHOOK_SECRET, o.ttlSeconds, o.nowSeconds).ticket;
+}
+
+/** The stack's presence bridge figures (its /health JSON). */
+export async function bridgeStats(): Promise<{ rejected: Record<string, number>; online: number }> {
+  return await (await fetch(`${BRIDGE_URL}/health`)).json();
+}
+
+/** Online status of users as the batch RPC answers it. */
+export async function onlineMap(sql: Sql, ids: string[]): Promise<Record<string, boolean>> {
+  const rows = await sql<{ user_id: string; is_online: boolean }[]>`
+    select user_id, is_online from public.get_online_users_batch(${ids}::uuid[])`;
+  return Object.fromEntries(rows.map((r) => [r.user_id, r.is_online]));
 }

@@ -1,315 +1,19 @@
 // The presence bridge: Supabase Realtime presence (who is in the channel online-users, and
-// where) in, signed batches to functions/presence-webhook out. Every piece is a plain class
-// with its clock, randomness and transport injected, so tests drive it without a Realtime
-// server; main.ts wires them to supabase-js and the environment.
+// where) in, signed batches to functions/presence-webhook out. Its parts, each a plain class
+// with its clock, randomness and transport injected (main.ts wires them):
 //
-//   PresenceTracker  realtime-js presence join/leave/sync → {user_id, status, at, lat?, lng?}
-//   EventBuffer      pending events, in order; under pressure coalesces per user, never a leave
-//   WebhookSender    one signed POST, and what to do with its answer
-//   PresenceBridge   flushes every 250 ms or 500 events, retries with capped jittered backoff
-//   RealtimePresenceSource  joins the channel with supabase-js and feeds the tracker
-
-import type { RealtimeChannel, SupabaseClient } from "@supabase/supabase-js";
-
-export interface PresenceEvent {
-  user_id: string;
-  status: "online" | "offline";
-  /** When the bridge saw it (RFC 3339, UTC). */
-  at: string;
-  lat?: number;
-  lng?: number;
-}
-
-export type Logger = (
-  level: "debug" | "info" | "warn" | "error",
-  msg: string,
-  data?: object,
-) => void;
-
-/** JSON lines on stdout/stderr, what container platforms collect. */
-export const jsonLogger: Logger = (level, msg, data = {}) => {
-  const line = JSON.stringify({
-    level,
-    msg,
-    service: "presence-bridge",
-    time: new Date().toISOString(),
-    ...data,
-  });
-  if (level === "error" || level === "warn") console.error(line);
-  else if (level !== "debug") console.log(line);
-};
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-// ---------------------------------------------------------------------------------------------
-// Presence → events
-
-/** One device's presence as realtime-js reports it (the payload the client tracked). */
-export interface PresenceMeta {
-  presence_ref?: string;
-  user_id?: unknown;
-  lat?: unknown;
-  lng?: unknown;
-  [key: string]: unknown;
-}
-
-function location(meta: PresenceMeta | undefined): { lat: number; lng: number } | undefined {
-  const lat = meta?.lat;
-  const lng = meta?.lng;
-  if (typeof lat !== "number" || typeof lng !== "number") return undefined;
-  if (!Number.isFinite(lat) || !Number.isFinite(lng)) return undefined;
-  if (lat < -90 || lat > 90 || lng < -180 || lng > 180) return undefined;
-  return { lat, lng };
-}
-
-/**
- * Turns presence callbacks into events. The presence key is the user id (clients track with
- * `config.presence.key = user id`); a user with several devices has several metas under one
- * key: online when the first arrives (and again, with the new location, whenever one is
- * tracked anew), offline only when the last one leaves. Keys that are not uuids, or whose
- * payload names another user, are ignored: they cannot be anyone's presence.
- */
-export class PresenceTracker {
-  /** Users present now, with their newest location. */
-  readonly online = new Map<string, { lat: number; lng: number } | undefined>();
-  ignored = 0;
-
-  constructor(
-    private readonly emit: (event: PresenceEvent) => void,
-    private readonly now: () => Date = () => new Date(),
-  ) {}
-
-  private userId(key: string, metas: PresenceMeta[]): string | undefined {
-    if (!UUID.test(key)) return undefined;
-    const id = key.toLowerCase();
-    for (const m of metas) {
-      if (typeof m.user_id === "string" && m.user_id.toLowerCase() !== id) return undefined;
-    }
-    return id;
-  }
-
-  join(key: string, newPresences: PresenceMeta[]): void {
-    const id = this.userId(key, newPresences);
-    if (!id) {
-      this.ignored++;
-      return;
-    }
-    const where = location(newPresences[newPresences.length - 1]) ?? this.online.get(id);
-    this.online.set(id, where);
-    this.emit({ user_id: id, status: "online", at: this.now().toISOString(), ...where });
-  }
-
-  leave(key: string, currentPresences: PresenceMeta[]): void {
-    if (currentPresences.length > 0) return; // another device of the same user is still here
-    const id = UUID.test(key) ? key.toLowerCase() : undefined;
-    if (!id || !this.online.has(id)) return;
-    this.online.delete(id);
-    this.emit({ user_id: id, status: "offline", at: this.now().toISOString() });
-  }
-
-  /** Everyone present, as fresh online events: the periodic refresh and the resync. */
-  snapshot(): PresenceEvent[] {
-    const at = this.now().toISOString();
-    return [...this.online.keys()].map((user_id) => ({ user_id, status: "online", at }));
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The buffer
-
-export interface BufferOptions {
-  /** Above this many pending events the buffer sheds (see shed()). */
-  maxEvents: number;
-  /** Called when events had to be dropped that were not superseded (online events only). */
-  onLostOnline?: (count: number) => void;
-}
-
-/**
- * Pending events in arrival order. While the webhook answers, it only ever holds a few
- * hundred. During an outage it grows; past maxEvents it sheds, in this order:
- *   1. per user, every event superseded by a newer one of the same user, except that the
- *      user's newest leave is always kept (so a user who left is recorded offline at the right
- *      time even if they came back since). This loses nothing the database would keep: it
- *      stores only each user's newest event.
- *   2. if that is not enough, the oldest online events. Those users are still online and the
- *      bridge re-sends everyone present once the webhook recovers (onLostOnline).
- * Leaves are never dropped in step 2; repeated leaves of one user collapse into the newest in
- * step 1.
- */
-export class EventBuffer {
-  private items: PresenceEvent[] = [];
-  shedSuperseded = 0;
-  shedOnline = 0;
-
-  constructor(private readonly options: BufferOptions) {}
-
-  get size(): number {
-    return this.items.length;
-  }
-
-  push(events: PresenceEvent[]): void {
-    for (const e of events) this.items.push(e);
-    if (this.items.length > this.options.maxEvents) this.shed();
-  }
-
-  /** Puts events taken by take() back in front (their send failed), then sheds if needed. */
-  unshift(events: PresenceEvent[]): void {
-    this.items = events.concat(this.items);
-    if (this.items.length > this.options.maxEvents) this.shed();
-  }
-
-  /** Removes and returns the oldest events that fit one request. */
-  take(maxEvents: number, maxBodyBytes: number): PresenceEvent[] {
-    let bytes = EMPTY_BODY_BYTES;
-    let n = 0;
-    while (n < this.items.length && n < maxEvents) {
-      const size = eventBytes(this.items[n]) + (n > 0 ? 1 : 0);
-      if (bytes + size > maxBodyBytes && n > 0) break;
-      bytes += size;
-      n++;
-    }
-    return this.items.splice(0, n);
-  }
-
-  private shed(): void {
-    const before = this.items.length;
-    const newestSeen = new Set<string>();
-    const leaveKept = new Set<string>();
-    const kept: PresenceEvent[] = [];
-    for (let i = this.items.length - 1; i >= 0; i--) {
-      const e = this.items[i];
-      const isLeave = e.status === "offline";
-      const keep = !newestSeen.has(e.user_id) || (isLeave && !leaveKept.has(e.user_id));
-      newestSeen.add(e.user_id);
-      if (isLeave && keep) leaveKept.add(e.user_id);
-      if (keep) kept.push(e);
-    }
-    kept.reverse();
-    this.shedSuperseded += before - kept.length;
-    let over = kept.length - this.options.maxEvents;
-    let lost = 0;
-    if (over > 0) {
-      const rest: PresenceEvent[] = [];
-      for (const e of kept) {
-        if (over > 0 && e.status === "online") {
-          over--;
-          lost++;
-        } else rest.push(e);
-      }
-      this.items = rest;
-    } else {
-      this.items = kept;
-    }
-    if (lost > 0) {
-      this.shedOnline += lost;
-      this.options.onLostOnline?.(lost);
-    }
-  }
-}
-
-const encoder = new TextEncoder();
-const EMPTY_BODY_BYTES = encoder.encode('{"events":[]}').byteLength;
-
-function eventBytes(e: PresenceEvent): number {
-  return encoder.encode(JSON.stringify(e)).byteLength;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Signing and sending
-
-/** `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, what the webhook verifies. */
-export async function signature(secret: string, body: string, nowSeconds: number): Promise<string> {
-  const key = await crypto.subtle.importKey(
-    "raw",
-    encoder.encode(secret),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const mac = new Uint8Array(
-    await crypto.subtle.sign("HMAC", key, encoder.encode(`${nowSeconds}.${body}`)),
-  );
-  const hex = Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join("");
-  return `t=${nowSeconds},v1=${hex}`;
-}
-
-/** What to do with a batch after one attempt. */
-export type Outcome =
-  | { kind: "sent"; accepted: number; ignored: number }
-  /** Try the same events again later (after retryAfterMs when the server said so). */
-  | { kind: "retry"; reason: string; retryAfterMs?: number }
-  /** The webhook refuses this batch as a whole (400, 413): split it to find what it refuses. */
-  | { kind: "split"; reason: string };
-
-export interface SenderOptions {
-  url: string;
-  secret: string;
-  fetch?: typeof fetch;
-  nowMs?: () => number;
-  timeoutMs?: number;
-}
-
-/** Parses Retry-After (seconds or an HTTP date) into milliseconds from now. */
-export function retryAfterMs(value: string | null, nowMs: number): number | undefined {
-  if (value === null) return undefined;
-  const trimmed = value.trim();
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
-  const date = Date.parse(trimmed);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - nowMs);
-}
-
-export class WebhookSender {
-  private readonly fetch: typeof fetch;
-  private readonly nowMs: () => number;
-
-  constructor(private readonly options: SenderOptions) {
-    this.fetch = options.fetch ?? fetch;
-    this.nowMs = options.nowMs ?? Date.now;
-  }
-
-  /** One attempt. Signs at send time, so a retry is never refused as a stale signature. */
-  async send(events: PresenceEvent[]): Promise<Outcome> {
-    const body = JSON.stringify({ events });
-    const header = await signature(this.options.secret, body, Math.floor(this.nowMs() / 1000));
-    let res: Response;
-    try {
-      res = await this.fetch(this.options.url, {
-        method: "POST",
-        headers: { "content-type": "application/json", "x-sltr-signature": header },
-        body,
-        signal: AbortSignal.timeout(this.options.timeoutMs ?? 10_000),
-      });
-    } catch (e) {
-      return { kind: "retry", reason: `network: ${(e as Error)?.message ?? String(e)}` };
-    }
-    const text = await res.text().catch(() => "");
-    if (res.status >= 200 && res.status < 300) {
-      let result: { accepted?: unknown; ignored?: unknown } = {};
-      try {
-        result = JSON.parse(text);
-      } catch { /* a 2xx is a 2xx */ }
-      return {
-        kind: "sent",
-        accepted: typeof result.accepted === "number" ? result.accepted : events.length,
-        ignored: typeof result.ignored === "number" ? result.ignored : 0,
-      };
-    }
-    const reason = `${res.status} ${text.slice(0, 300)}`;
-    // 400: something in the batch is refused; 413: too large. Retrying it whole cannot help.
-    if (res.status === 400 || res.status === 413) return { kind: "split", reason };
-    // Everything else is retried: 5xx/503 and 429 (with Retry-After), 408, and 401/403/404,
-    // which are deployment problems (secret, clock, function not deployed) an operator fixes;
-    // meanwhile nothing is dropped.
-    return {
-      kind: "retry",
-      reason,
-      retryAfterMs: retryAfterMs(res.headers.get("retry-after"), this.nowMs()),
-    };
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The bridge
+//   tracker.ts  PresenceTracker  presence join/leave → {user_id, status, at, lat?, lng?}, only
+//                                for presences that carry a valid ticket for their key
+//   buffer.ts   EventBuffer      pending events, in order; under pressure coalesces per user
+//   sender.ts   WebhookSender    one signed POST, and what to do with its answer
+//   bridge.ts   PresenceBridge   flushes every 250 ms or 500 events, retries with capped
+//                                jittered backoff, re-sends everyone present every minute
+//   source.ts   RealtimePresenceSource  joins the channel with supabase-js, feeds the tracker
+import type { PresenceEvent } from "../../functions/_shared/presence.ts";
+import { EventBuffer } from "./buffer.ts";
+import { jsonLogger, type Logger } from "./log.ts";
+import type { WebhookSender } from "./sender.ts";
+import { PresenceTracker, type VerifyProof } from "./tracker.ts";
 
 export interface BackoffOptions {
   baseMs: number;
@@ -324,6 +28,8 @@ export function backoffMs(attempt: number, o: BackoffOptions, random = Math.rand
 
 export interface BridgeOptions {
   sender: Pick<WebhookSender, "send">;
+  /** Checks a presence's proof (verifyTicket with the webhook secrets). */
+  verifyProof: VerifyProof;
   log?: Logger;
   /** Flush at least this often (ms). */
   flushIntervalMs?: number;
@@ -344,6 +50,8 @@ export interface BridgeOptions {
 }
 
 export interface BridgeStats {
+  /** Presence metas ignored, by reason (forged, expired or missing proofs). */
+  rejected: Record<string, number>;
   received: number;
   sent: number;
   accepted: number;
@@ -378,7 +86,7 @@ function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
 export class PresenceBridge {
   readonly buffer: EventBuffer;
   readonly tracker: PresenceTracker;
-  private readonly o: Required<Omit<BridgeOptions, "log" | "sender">>;
+  private readonly o: Required<Omit<BridgeOptions, "log" | "sender" | "verifyProof">>;
   private readonly log: Logger;
   private flushTimer?: ReturnType<typeof setInterval>;
   private refreshTimer?: ReturnType<typeof setInterval>;
@@ -423,7 +131,7 @@ export class PresenceBridge {
         });
       },
     });
-    this.tracker = new PresenceTracker((e) => this.enqueue([e]), now);
+    this.tracker = new PresenceTracker((e) => this.enqueue([e]), options.verifyProof, now);
   }
 
   start(): void {
@@ -440,8 +148,10 @@ export class PresenceBridge {
     if (this.buffer.size >= this.o.flushAtEvents) void this.flush();
   }
 
-  /** Re-sends everyone present (they are still online: last_seen_at moves on). */
+  /** Re-sends everyone present (they are still online: last_seen_at moves on), after
+   * dropping presences whose ticket expired. */
   refresh(): void {
+    this.tracker.expire();
     const events = this.tracker.snapshot();
     if (events.length) this.enqueue(events);
   }
@@ -540,73 +250,11 @@ export class PresenceBridge {
 
   stats(): BridgeStats {
     return {
+      rejected: { ...this.tracker.rejected },
       ...this.counts,
       shedSuperseded: this.buffer.shedSuperseded,
       shedOnline: this.buffer.shedOnline,
       pending: this.buffer.size,
     };
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The Realtime side
-
-/**
- * Joins the presence channel as service_role (which Realtime Authorization lets see presence,
- * unlike signed-in users) and feeds join/leave into the tracker. realtime-js reconnects and
- * rejoins by itself; after a rejoin Realtime sends the full presence state again, and
- * realtime-js turns the difference into join/leave callbacks, so users who left while the
- * bridge was away are reported offline then.
- */
-export class RealtimePresenceSource {
-  channel?: RealtimeChannel;
-  private subscribed?: Promise<void>;
-
-  constructor(
-    private readonly client: SupabaseClient,
-    private readonly topic: string,
-    private readonly tracker: PresenceTracker,
-    private readonly log: Logger = jsonLogger,
-  ) {}
-
-  /** Resolves once the channel is joined the first time. */
-  start(): Promise<void> {
-    this.subscribed ??= this.join();
-    return this.subscribed;
-  }
-
-  private async join(): Promise<void> {
-    // The join then carries the service key as its access token (not only the socket's apikey).
-    await this.client.realtime.setAuth();
-    await new Promise<void>((resolve) => {
-      const channel = this.client.channel(this.topic, {
-        config: { private: true, presence: { enabled: true } },
-      });
-      channel
-        .on("presence", { event: "join" }, ({ key, newPresences }) => {
-          this.tracker.join(key, newPresences as PresenceMeta[]);
-        })
-        .on("presence", { event: "leave" }, ({ key, currentPresences }) => {
-          this.tracker.leave(key, currentPresences as PresenceMeta[]);
-        })
-        .on("presence", { event: "sync" }, () => {
-          this.log("debug", "presence synced", { online: this.tracker.online.size });
-        })
-        .subscribe((status, err) => {
-          const level = status === "SUBSCRIBED" ? "info" : "warn";
-          this.log(level, `channel ${this.topic}: ${status}`, err ? { error: err.message } : {});
-          if (status === "SUBSCRIBED") resolve();
-        });
-      this.channel = channel;
-    });
-  }
-
-  /**
-   * Leaves the channel without reporting anyone offline: they are still online, and another
-   * bridge (or this one, restarted) takes over.
-   */
-  async stop(): Promise<void> {
-    if (this.channel) await this.client.removeChannel(this.channel);
-    this.channel = undefined;
   }
 }

@@ -8,9 +8,15 @@
 //   BRIDGE_FLUSH_INTERVAL_MS    250      BRIDGE_FLUSH_AT_EVENTS      500
 //   BRIDGE_MAX_BUFFERED_EVENTS  200000   BRIDGE_REFRESH_INTERVAL_MS  60000
 //   BRIDGE_SHUTDOWN_GRACE_MS    10000    BRIDGE_STATS_INTERVAL_MS    60000
-//   BRIDGE_HEALTH_PORT          unset: no health endpoint; else GET /health on 0.0.0.0:<port>
+//   BRIDGE_HEALTH_PORT          unset: no endpoint; else GET /health and /metrics on <port>
+//   BRIDGE_HEALTH_HOST          0.0.0.0
 import { createClient } from "@supabase/supabase-js";
-import { jsonLogger, PresenceBridge, RealtimePresenceSource, WebhookSender } from "./bridge.ts";
+import { verifyTicket } from "../../functions/_shared/presence_ticket.ts";
+import { PresenceBridge } from "./bridge.ts";
+import { jsonLogger } from "./log.ts";
+import { prometheusText } from "./metrics.ts";
+import { WebhookSender } from "./sender.ts";
+import { RealtimePresenceSource } from "./source.ts";
 
 function required(name: string): string {
   const value = Deno.env.get(name);
@@ -39,6 +45,7 @@ export async function main(): Promise<void> {
 
   const bridge = new PresenceBridge({
     sender: new WebhookSender({ url: webhookUrl, secret }),
+    verifyProof: (proof, nowSeconds) => verifyTicket(proof, [secret], nowSeconds),
     log,
     flushIntervalMs: count("BRIDGE_FLUSH_INTERVAL_MS", 250),
     flushAtEvents: count("BRIDGE_FLUSH_AT_EVENTS", 500),
@@ -68,12 +75,17 @@ export async function main(): Promise<void> {
     : undefined;
 
   const healthPort = Deno.env.get("BRIDGE_HEALTH_PORT");
+  const healthHost = Deno.env.get("BRIDGE_HEALTH_HOST") || "0.0.0.0";
   const health = healthPort
-    ? Deno.serve({ hostname: "0.0.0.0", port: Number(healthPort), onListen: () => {} }, (req) => {
-      if (new URL(req.url).pathname !== "/health") {
-        return new Response("not found", { status: 404 });
-      }
+    ? Deno.serve({ hostname: healthHost, port: Number(healthPort), onListen: () => {} }, (req) => {
       const joined = source.channel?.state === "joined";
+      const path = new URL(req.url).pathname;
+      if (path === "/metrics") {
+        return new Response(prometheusText(bridge.stats(), bridge.tracker.online.size, joined), {
+          headers: { "content-type": "text/plain; version=0.0.4" },
+        });
+      }
+      if (path !== "/health") return new Response("not found", { status: 404 });
       const body = { joined, online: bridge.tracker.online.size, ...bridge.stats() };
       return Response.json(body, { status: joined ? 200 : 503 });
     })

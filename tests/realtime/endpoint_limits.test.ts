@@ -1,0 +1,161 @@
+// The local Realtime endpoint's tenant limits and its broadcast REST API, on a private server
+// (own process and port, the stack's database) whose limits are set low enough to reach.
+import assert from "node:assert/strict";
+import { startFunctionsServer } from "../functions/_helpers.ts";
+import { userJwt } from "../functions/_helpers.ts";
+import {
+  ANON_KEY,
+  client,
+  closeClient,
+  eventually,
+  SERVICE_ROLE_KEY,
+  sleep,
+  subscribed,
+  test,
+} from "./_helpers.ts";
+
+async function privateServer(env: Record<string, string>) {
+  const { url, child } = await startFunctionsServer({
+    REALTIME_JOIN_ERROR_BACKOFF_MS: "50",
+    REALTIME_CONNECT_ERROR_BACKOFF_MS: "50",
+    ...env,
+  });
+  const base = url.replace(/\/functions\/v1$/, "");
+  return {
+    base,
+    stop: async () => {
+      child.kill();
+      await child.status;
+    },
+  };
+}
+
+test("a_flood_of_joins_is_refused_and_drops_the_socket_as_hosted", async () => {
+  const server = await privateServer({ REALTIME_MAX_JOINS_PER_SECOND: "2" });
+  const flooder = client(ANON_KEY, { url: server.base });
+  const calm = client(ANON_KEY, { url: server.base });
+  try {
+    const heard: unknown[] = [];
+    const room = calm.channel("calm").on("broadcast", { event: "*" }, (m) => heard.push(m));
+    assert.equal((await subscribed(room)).status, "SUBSCRIBED");
+    // 40 joins at once: over 2/s on average for the next buckets, judged at the next tick (5 s).
+    const first = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => subscribed(flooder.channel(`flood-${i}`))),
+    );
+    assert.ok(first.every((r) => r.status === "SUBSCRIBED"), "admitted before the tick");
+    let refusal: { status: string; error?: Error } | undefined;
+    for (let attempt = 0; attempt < 3 && refusal?.status !== "CHANNEL_ERROR"; attempt++) {
+      await sleep(5200);
+      refusal = await subscribed(flooder.channel(`flood-late-${attempt}`));
+    }
+    assert.equal(refusal!.error?.message, "ClientJoinRateLimitReached: Too many joins per second");
+    await eventually(() => !flooder.realtime.isConnected(), "the socket was dropped");
+    // The other member is untouched.
+    const res = await fetch(`${server.base}/realtime/v1/api/broadcast`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${SERVICE_ROLE_KEY}`, "content-type": "application/json" },
+      body: JSON.stringify({ messages: [{ topic: "calm", event: "still", payload: {} }] }),
+    });
+    assert.equal(res.status, 202);
+    await eventually(() => heard.length === 1, "the calm client still hears its room");
+  } finally {
+    await closeClient(flooder);
+    await closeClient(calm);
+    await server.stop();
+  }
+});
+
+test("channels_per_socket_and_connected_users_are_capped", async () => {
+  const server = await privateServer({
+    REALTIME_MAX_CHANNELS_PER_CLIENT: "3",
+    REALTIME_MAX_CONCURRENT_USERS: "2",
+  });
+  const clients = [0, 1, 2, 3].map(() => client(ANON_KEY, { url: server.base }));
+  try {
+    // Connected before the cap is reached, so its join is the one refused.
+    clients[2].realtime.connect();
+    await eventually(() => clients[2].realtime.isConnected(), "third socket open");
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await subscribed(clients[0].channel(`c${i}`))).status, "SUBSCRIBED");
+    }
+    const fourth = await subscribed(clients[0].channel("c3"));
+    assert.equal(fourth.error?.message, "ChannelRateLimitReached: Too many channels");
+    assert.equal((await subscribed(clients[1].channel("c0"))).status, "SUBSCRIBED");
+    const third = await subscribed(clients[2].channel("c0"));
+    assert.equal(third.error?.message, "ConnectionRateLimitReached: Too many connected users");
+    // A socket opened after it is refused at the upgrade (429), so realtime-js sees a failed
+    // transport.
+    const fourth2 = await subscribed(clients[3].channel("c0"));
+    assert.equal(fourth2.status, "CHANNEL_ERROR");
+    assert.match(fourth2.error?.message ?? "", /transport|socket/);
+  } finally {
+    for (const c of clients) await closeClient(c);
+    await server.stop();
+  }
+});
+
+test("the_broadcast_rest_api_checks_the_token_and_the_write_policy", async () => {
+  const server = await privateServer({});
+  const listener = client(SERVICE_ROLE_KEY, { url: server.base });
+  const heard: { event: string; payload: unknown }[] = [];
+  try {
+    const ch = listener.channel("online-users", { config: { private: true } })
+      .on("broadcast", { event: "*" }, (m) => heard.push(m as never));
+    const open = listener.channel("lobby").on(
+      "broadcast",
+      { event: "*" },
+      (m) => heard.push(m as never),
+    );
+    await subscribed(ch);
+    await subscribed(open);
+    const post = (
+      path: string,
+      token: string | undefined,
+      body: unknown,
+      type = "application/json",
+    ) =>
+      fetch(`${server.base}/realtime/v1/api/broadcast${path}`, {
+        method: "POST",
+        headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), "content-type": type },
+        body: body instanceof Uint8Array
+          ? new Blob([body as Uint8Array<ArrayBuffer>])
+          : JSON.stringify(body),
+      });
+    const noToken = await post("", undefined, { messages: [] });
+    assert.equal(noToken.status, 401);
+    assert.deepEqual(await noToken.json(), { message: "Unauthorized" });
+    const invalid = await post("", SERVICE_ROLE_KEY, { messages: [{ topic: "lobby" }] });
+    assert.equal(invalid.status, 422);
+    await invalid.body?.cancel();
+
+    // A user may not write to online-users: the batch skips it (still 202), the single
+    // endpoint answers 403; service_role may.
+    const user = await userJwt(crypto.randomUUID());
+    const skipped = await post("", user, {
+      messages: [
+        { topic: "online-users", event: "nope", payload: {}, private: true },
+        { topic: "lobby", event: "public", payload: { n: 1 } },
+      ],
+    });
+    assert.equal(skipped.status, 202);
+    const refused = await post("/online-users/events/nope?private=true", user, { a: 1 });
+    assert.equal(refused.status, 403);
+    await refused.body?.cancel();
+    const single = await post("/online-users/events/ok?private=true", SERVICE_ROLE_KEY, { b: 2 });
+    assert.equal(single.status, 202);
+    const bytes = await post(
+      "/lobby/events/raw",
+      SERVICE_ROLE_KEY,
+      new Uint8Array([1, 2]),
+      "application/octet-stream",
+    );
+    assert.equal(bytes.status, 202);
+    await eventually(() => heard.length === 3, "three delivered");
+    await sleep(100);
+    assert.deepEqual(heard.map((m) => m.event).sort(), ["ok", "public", "raw"]);
+    assert.deepEqual(heard.find((m) => m.event === "ok")?.payload, { b: 2 });
+  } finally {
+    await closeClient(listener);
+    await server.stop();
+  }
+});

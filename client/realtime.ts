@@ -432,8 +432,12 @@ export class RealtimeService {
     const channel = entry.channel;
     if (!p || p.inflight || !channel || entry.status !== "SUBSCRIBED") return;
     const now = performance.now();
-    const renew = !p.ticket || now >= p.ticket.renewAt;
-    if (p.sent >= p.version && !renew) return;
+    // (A timer may fire a little early: within 50 ms of the renewal counts as due.)
+    const renew = !p.ticket || now >= p.ticket.renewAt - 50;
+    if (p.sent >= p.version && !renew) {
+      this.schedule(entry, p, p.ticket!.renewAt - now);
+      return;
+    }
     const wait = entry.calls.waitMs(now);
     if (wait > 0) {
       this.schedule(entry, p, wait);

@@ -155,7 +155,13 @@ export class RealtimeServer {
 
   private closeIdleSockets(): void {
     const cutoff = performance.now() - this.config.idleTimeoutMs;
-    for (const s of this.sockets) if (s.lastReceivedAt < cutoff) s.close(1000, "idle timeout");
+    for (const s of this.sockets) {
+      if (s.lastReceivedAt >= cutoff) continue;
+      this.log("info", "idle timeout", {
+        silent_ms: Math.round(performance.now() - s.lastReceivedAt),
+      });
+      s.close(1000, "idle timeout");
+    }
   }
 
   subscribe(channel: Channel): void {

@@ -45,9 +45,9 @@ export function freePort(): number {
 export async function startFunctionsServer(
   env: Record<string, string>,
   readyPath = "presence-webhook",
+  port = freePort(),
 ): Promise<{ url: string; child: Deno.ChildProcess }> {
   const root = Deno.env.get("SLTR_ROOT") ?? ".";
-  const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -60,8 +60,8 @@ export async function startFunctionsServer(
     cwd: root,
     env: { ...Deno.env.toObject(), FUNCTIONS_PORT: String(port), ...env },
     stdin: "null",
-    stdout: "null",
-    stderr: "null",
+    stdout: Deno.env.get("SLTR_TEST_SERVER_LOGS") ? "inherit" : "null",
+    stderr: Deno.env.get("SLTR_TEST_SERVER_LOGS") ? "inherit" : "null",
   }).spawn();
   const url = `http://127.0.0.1:${port}/functions/v1`;
   for (let i = 0;; i++) {

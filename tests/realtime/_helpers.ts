@@ -6,7 +6,7 @@ import { Redis } from "ioredis";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import type { Database } from "../../client/database.types.ts";
 import { issueTicket } from "../../functions/_shared/presence_ticket.ts";
-import { userJwt } from "../functions/_helpers.ts";
+import { freePort, userJwt } from "../functions/_helpers.ts";
 
 export const API_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
 export const FUNCTIONS_URL = `${API_URL}/functions/v1`;
@@ -154,4 +154,47 @@ export async function onlineMap(sql: Sql, ids: string[]): Promise<Record<string,
   const rows = await sql<{ user_id: string; is_online: boolean }[]>`
     select user_id, is_online from public.get_online_users_batch(${ids}::uuid[])`;
   return Object.fromEntries(rows.map((r) => [r.user_id, r.is_online]));
+}
+
+/** A presence bridge process of its own, against `apiUrl` (a private server's). */
+export async function startBridge(apiUrl: string, env: Record<string, string> = {}) {
+  const root = Deno.env.get("SLTR_ROOT") ?? ".";
+  const port = freePort();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", `${root}/workers/presence-bridge/main.ts`],
+    env: {
+      ...Deno.env.toObject(),
+      SUPABASE_URL: apiUrl,
+      SUPABASE_SERVICE_ROLE_KEY: SERVICE_ROLE_KEY,
+      PRESENCE_WEBHOOK_SECRET: WEBHOOK_SECRET,
+      BRIDGE_HEALTH_PORT: String(port),
+      BRIDGE_HEALTH_HOST: "127.0.0.1",
+      BRIDGE_STATS_INTERVAL_MS: "0",
+      ...env,
+    },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const health = `http://127.0.0.1:${port}/health`;
+  await eventually(
+    async () => {
+      try {
+        const res = await fetch(health);
+        await res.body?.cancel();
+        return res.status === 200;
+      } catch {
+        return false;
+      }
+    },
+    "the private bridge joined",
+    15_000,
+  );
+  return {
+    health,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
 }

@@ -10,6 +10,8 @@
 //   BRIDGE_SHUTDOWN_GRACE_MS    10000    BRIDGE_STATS_INTERVAL_MS    60000
 //   BRIDGE_HEALTH_PORT          unset: no endpoint; else GET /health and /metrics on <port>
 //   BRIDGE_HEALTH_HOST          0.0.0.0
+//   BRIDGE_HEARTBEAT_INTERVAL_MS  realtime-js's default (25000); keep it under the server's
+//                               idle timeout (hosted: 60 s)
 import { createClient } from "@supabase/supabase-js";
 import { verifyTicket } from "../../functions/_shared/presence_ticket.ts";
 import { PresenceBridge } from "./bridge.ts";
@@ -55,6 +57,9 @@ export async function main(): Promise<void> {
   const supabase = createClient(supabaseUrl, serviceKey, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     realtime: {
+      ...(Deno.env.get("BRIDGE_HEARTBEAT_INTERVAL_MS")
+        ? { heartbeatIntervalMs: count("BRIDGE_HEARTBEAT_INTERVAL_MS", 25_000) }
+        : {}),
       logger: (kind: string, msg: string) => {
         if (kind === "error") log("warn", `realtime: ${msg}`);
       },

@@ -5,7 +5,9 @@
 // Errors come back in PostgREST's shape and statuses. Used as supabase-js's fetch for
 // /rest/v1/ URLs only; every other request goes to the real network.
 import { jwtVerify } from "jose";
-import type { Sql } from "./_helpers.ts";
+import type postgres from "postgres";
+
+type Sql = postgres.Sql;
 
 const JWT_SECRET = Deno.env.get("SUPABASE_JWT_SECRET")!;
 

@@ -1,0 +1,240 @@
+// The client module's RealtimeService over supabase-js on the real local Realtime endpoint:
+// shared channels, presence with a ticket and within the hosted presence limit (the endpoint
+// enforces the same limit, so going over it would close the channel), renewal, rejoins after a
+// closed channel and after the endpoint restarts.
+import assert from "node:assert/strict";
+import {
+  RealtimeService,
+  STATUS_EVENT,
+  STATUS_TOPIC,
+  type StatusChange,
+} from "../../client/mod.ts";
+import { startFunctionsServer, userJwt } from "../functions/_helpers.ts";
+import {
+  client,
+  closeClient,
+  database,
+  eventually,
+  SERVICE_ROLE_KEY,
+  sleep,
+  subscribed,
+  test,
+  ticketFor,
+} from "../realtime/_helpers.ts";
+
+type Meta = { user_id: string; proof: string; lat?: number; lng?: number; presence_ref: string };
+
+/** What the presence bridge sees: the channel's presence, as service_role. */
+async function watchPresence(url?: string) {
+  const service = client(SERVICE_ROLE_KEY, url ? { url } : {});
+  const channel = service.channel("online-users", { config: { private: true } })
+    .on("presence", { event: "sync" }, () => {});
+  assert.equal((await subscribed(channel)).status, "SUBSCRIBED");
+  return {
+    metas: (key: string) => (channel.presenceState()[key] ?? []) as unknown as Meta[],
+    close: () => closeClient(service),
+  };
+}
+
+/** A signed-in user's RealtimeService with tickets minted as the function mints them. */
+function service(
+  userId: string,
+  o: { url?: string; ttlSeconds?: number; windowMs?: number; tickets?: string[] } = {},
+) {
+  const supabase = client(undefined, { url: o.url, token: () => userJwt(userId) });
+  const realtime = new RealtimeService(supabase, {
+    resubscribeAfterMs: () => 100,
+    presenceLimit: o.windowMs ? { maxCalls: 5, windowMs: o.windowMs } : undefined,
+    ticket: () => {
+      const ttl = o.ttlSeconds ?? 900;
+      const ticket = ticketFor(userId, { ttlSeconds: ttl });
+      o.tickets?.push(ticket);
+      return Promise.resolve({
+        ticket,
+        expires_in: ttl,
+        expires_at: new Date(Date.now() + ttl * 1000).toISOString(),
+      });
+    },
+  });
+  return { supabase, realtime };
+}
+
+test("subscriptions_share_one_socket_and_one_channel_per_topic", async () => {
+  const { supabase, realtime } = service(crypto.randomUUID());
+  try {
+    const a = realtime.onStatusChanges(() => {});
+    const b = realtime.onStatusChanges(() => {});
+    const c = realtime.subscribe("presence:changes", "other", () => {});
+    await eventually(() => realtime.status(STATUS_TOPIC) === "SUBSCRIBED", "subscribed");
+    assert.equal(supabase.getChannels().length, 1, "three subscriptions, one channel");
+    await a.unsubscribe();
+    await b.unsubscribe();
+    assert.equal(realtime.status(STATUS_TOPIC), "SUBSCRIBED", "one subscriber left");
+    await c.unsubscribe();
+    assert.equal(realtime.status(STATUS_TOPIC), undefined);
+    await eventually(() => supabase.getChannels().length === 0, "the channel was left");
+  } finally {
+    await realtime.close();
+  }
+});
+
+test("status_broadcasts_reach_every_subscriber_of_their_event", async () => {
+  const sql = database();
+  const { realtime } = service(crypto.randomUUID());
+  try {
+    const got: StatusChange[][] = [];
+    const other: unknown[] = [];
+    realtime.onStatusChanges((changes) => got.push(changes));
+    realtime.onStatusChanges((changes) => got.push(changes));
+    realtime.subscribe(STATUS_TOPIC, "something_else", (p) => other.push(p));
+    await eventually(() => realtime.status(STATUS_TOPIC) === "SUBSCRIBED", "subscribed");
+    const change = { user_id: crypto.randomUUID(), is_online: true, last_seen_at: null };
+    await sql`select realtime.send(${sql.json({ changes: [change] })}, ${STATUS_EVENT},
+                                   ${STATUS_TOPIC}, true)`;
+    await eventually(() => got.length === 2, "both subscribers");
+    assert.deepEqual(got[0], [change]);
+    assert.deepEqual(other, []);
+  } finally {
+    await sql`delete from realtime.messages where topic = ${STATUS_TOPIC} and event = ${STATUS_EVENT}
+              and payload -> 'changes' -> 0 ->> 'last_seen_at' is null`;
+    await realtime.close();
+    await sql.end();
+  }
+});
+
+test("track_presence_sends_only_the_user_a_ticket_and_the_location", async () => {
+  const user = crypto.randomUUID();
+  const watcher = await watchPresence();
+  const tickets: string[] = [];
+  const { realtime } = service(user, { tickets });
+  try {
+    const me = await realtime.trackPresence(user, { lat: 52.5, lng: 13.4 });
+    await eventually(() => watcher.metas(user).length === 1, "tracked under the user's key");
+    const { presence_ref: _, ...payload } = watcher.metas(user)[0];
+    assert.deepEqual(payload, { user_id: user, proof: tickets[0], lat: 52.5, lng: 13.4 });
+    await me.update(null);
+    await eventually(() => watcher.metas(user)[0]?.lat === undefined, "no location");
+    await me.unsubscribe();
+    await eventually(() => watcher.metas(user).length === 0, "gone");
+  } finally {
+    await realtime.close();
+    await watcher.close();
+  }
+});
+
+test("presence_calls_stay_under_the_limit_and_the_newest_location_wins", async () => {
+  // The endpoint enforces the hosted 5 calls per window; a short window keeps the test short.
+  const server = await startFunctionsServer({ REALTIME_CLIENT_PRESENCE_WINDOW_MS: "3000" });
+  const url = server.url.replace(/\/functions\/v1$/, "");
+  const user = crypto.randomUUID();
+  const watcher = await watchPresence(url);
+  const { realtime } = service(user, { url, windowMs: 3000 });
+  const statuses: string[] = [];
+  realtime.subscribe("online-users", "*", () => {}, { onStatus: (s) => statuses.push(s) });
+  try {
+    const me = await realtime.trackPresence(user, { lat: 1, lng: 1 });
+    const seen = new Set<number>();
+    const done = [];
+    for (let i = 2; i <= 20; i++) done.push(me.update({ lat: i, lng: 1 })); // a burst of moves
+    const started = Date.now();
+    while (Date.now() - started < 2500) {
+      const lat = watcher.metas(user)[0]?.lat;
+      if (lat !== undefined) seen.add(lat);
+      await sleep(10);
+    }
+    assert.ok(seen.size <= 5, `at most 5 calls in the window, saw ${[...seen]}`);
+    await Promise.all(done);
+    await eventually(() => watcher.metas(user)[0]?.lat === 20, "the newest location arrives");
+    assert.ok(!statuses.includes("CLOSED"), "the server never had to close the channel");
+  } finally {
+    await realtime.close();
+    await watcher.close();
+    server.child.kill();
+    await server.child.status;
+  }
+});
+
+test("a_ticket_is_renewed_before_it_expires", async () => {
+  const user = crypto.randomUUID();
+  const watcher = await watchPresence();
+  const tickets: string[] = [];
+  const { realtime } = service(user, { ttlSeconds: 3, tickets });
+  try {
+    await realtime.trackPresence(user, { lat: 52.5, lng: 13.4 });
+    await eventually(() => tickets.length >= 3, "renewed at two thirds of 3 s, twice", 6000);
+    await eventually(() => watcher.metas(user)[0]?.proof === tickets.at(-1), "re-tracked");
+    assert.equal(watcher.metas(user).length, 1, "still one presence");
+  } finally {
+    await realtime.close();
+    await watcher.close();
+  }
+});
+
+test("a_channel_the_server_closes_is_joined_again_and_presence_tracked_again", async () => {
+  const user = crypto.randomUUID();
+  const watcher = await watchPresence();
+  // The first token expires in 2 s: the server closes the channel then (hosted's expiry
+  // watchdog). The next join gets a fresh token.
+  let first = true;
+  const supabase = client(undefined, {
+    token: async () => {
+      const expiresIn = first ? Math.floor(Date.now() / 1000) + 2 : "1h";
+      first = false;
+      return await userJwt(user, { expiresIn });
+    },
+  });
+  const realtime = new RealtimeService(supabase, {
+    resubscribeAfterMs: () => 100,
+    ticket: () => Promise.resolve({ ticket: ticketFor(user), expires_in: 900, expires_at: "" }),
+  });
+  const statuses: string[] = [];
+  try {
+    realtime.subscribe("online-users", "*", () => {}, { onStatus: (s) => statuses.push(s) });
+    await realtime.trackPresence(user);
+    await eventually(() => statuses.includes("CLOSED"), "closed at token expiry", 5000);
+    await eventually(() => statuses.at(-1) === "SUBSCRIBED", "joined again");
+    await eventually(() => watcher.metas(user).length === 1, "tracked again");
+  } finally {
+    await realtime.close();
+    await watcher.close();
+  }
+});
+
+test("a_refused_join_is_reported_as_channel_error_with_the_reason", async () => {
+  const { realtime } = service(crypto.randomUUID());
+  try {
+    const errors: string[] = [];
+    realtime.subscribe("not-for-you", "*", () => {}, {
+      onStatus: (s, e) => s === "CHANNEL_ERROR" && errors.push(e?.message ?? ""),
+    });
+    await eventually(() => errors.length > 0, "refused", 8000);
+    assert.match(errors[0], /You do not have permissions to read from this Channel topic/);
+  } finally {
+    await realtime.close();
+  }
+});
+
+test("after_the_endpoint_restarts_channels_rejoin_and_presence_is_tracked_again", async () => {
+  let server = await startFunctionsServer({});
+  const port = Number(new URL(server.url).port);
+  const url = `http://127.0.0.1:${port}`;
+  const user = crypto.randomUUID();
+  const { realtime } = service(user, { url });
+  try {
+    await realtime.trackPresence(user, { lat: 52.5, lng: 13.4 });
+    server.child.kill();
+    await server.child.status;
+    server = await startFunctionsServer({}, "presence-webhook", port);
+    const watcher = await watchPresence(url);
+    try {
+      await eventually(() => watcher.metas(user).length === 1, "tracked on the new server", 8000);
+      assert.equal(watcher.metas(user)[0].lat, 52.5);
+    } finally {
+      await watcher.close();
+    }
+  } finally {
+    await realtime.close();
+    server.child.kill();
+    await server.child.status;
+  }
+});

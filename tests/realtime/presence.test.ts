@@ -1,0 +1,174 @@
+// Presence end to end, every part real: a supabase-js client (through the client module) tracks
+// on the local Realtime endpoint; the stack's presence bridge turns it into signed batches; the
+// presence webhook writes Postgres and Redis; other users read get_online_users_batch and
+// nearby-online. And what an attacker with a valid account can do to someone else's status:
+// nothing.
+import assert from "node:assert/strict";
+import { createSltrClient, type SltrClient } from "../../client/mod.ts";
+import { startFunctionsServer, userJwt } from "../functions/_helpers.ts";
+import { FreezableProxy } from "../_lib/proxy.ts";
+import {
+  ANON_KEY,
+  API_URL,
+  bridgeStats,
+  createUsers,
+  database,
+  deleteUsers,
+  eventually,
+  FUNCTIONS_URL,
+  onlineMap,
+  sleep,
+  type Sql,
+  startBridge,
+  subscribed,
+  test,
+  ticketFor,
+  userClient,
+} from "./_helpers.ts";
+
+const HERE = { lat: 52.5205, lng: 13.4049 };
+
+async function app(userId: string, url = API_URL, heartbeatIntervalMs?: number) {
+  const token = await userJwt(userId);
+  return createSltrClient(url, ANON_KEY, {
+    accessToken: () => Promise.resolve(token),
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    reconnect: { spreadMs: 200 },
+    ...(heartbeatIntervalMs ? { realtime: { heartbeatIntervalMs } } : {}),
+  }) as SltrClient;
+}
+
+/** Whether `viewer` sees `userId` in nearby-online around HERE. */
+async function seenNearby(viewer: string, userId: string, base = FUNCTIONS_URL): Promise<boolean> {
+  const res = await fetch(
+    `${base}/nearby-online?lat=${HERE.lat}&lng=${HERE.lng}&radius_m=2000&limit=500`,
+    { headers: { authorization: `Bearer ${await userJwt(viewer)}` } },
+  );
+  const body = await res.json() as { users: { user_id: string }[] };
+  return body.users.some((u) => u.user_id === userId);
+}
+
+async function online(sql: Sql, id: string): Promise<boolean> {
+  return (await onlineMap(sql, [id]))[id] === true;
+}
+
+test("a_tracked_user_is_online_and_nearby_within_a_second_and_gone_within_a_second", async () => {
+  const sql = database();
+  const [alice, viewer] = await createUsers(sql, "presence-e2e", 2, HERE);
+  const a = await app(alice);
+  try {
+    const started = performance.now();
+    const me = await a.realtime.trackPresence(alice, HERE);
+    await eventually(
+      async () => await online(sql, alice) && await seenNearby(viewer, alice),
+      "alice online in the batch RPC and in viewer's nearby-online",
+      1000,
+    );
+    console.log(`track -> visible: ${(performance.now() - started).toFixed(0)} ms`);
+
+    // Moving is re-tracking; the location reaches only the bridge and the database.
+    await me.update({ lat: HERE.lat + 0.001, lng: HERE.lng });
+    const left = performance.now();
+    await a.realtime.close(); // the app closes its socket: a leave
+    await eventually(
+      async () => !(await online(sql, alice)) && !(await seenNearby(viewer, alice)),
+      "alice offline everywhere",
+      1000,
+    );
+    console.log(`close -> offline: ${(performance.now() - left).toFixed(0)} ms`);
+  } finally {
+    await a.realtime.close().catch(() => {});
+    await deleteUsers(sql, [alice, viewer]);
+    await sql.end();
+  }
+});
+
+test("a_forged_presence_changes_nothing_for_the_victim", async () => {
+  const sql = database();
+  const [victim, mallory, viewer] = await createUsers(sql, "presence-forged", 3, HERE);
+  const attacker = await userClient(mallory);
+  const before = (await bridgeStats()).rejected;
+  try {
+    const expired = ticketFor(victim, { ttlSeconds: 60, nowSeconds: Date.now() / 1000 - 3600 });
+    const attempts: [string, Record<string, unknown>][] = [
+      // The victim's key with the attacker's own (valid) ticket.
+      [victim, { user_id: victim, proof: ticketFor(mallory), ...HERE }],
+      // A stolen ticket of the victim's that has expired.
+      [victim, { user_id: victim, proof: expired, ...HERE }],
+      // The attacker's key, naming the victim.
+      [mallory, { user_id: victim, proof: ticketFor(mallory), ...HERE }],
+      // No proof at all; a ticket signed with another secret.
+      [victim, { user_id: victim, ...HERE }],
+      [victim, { user_id: victim, proof: ticketFor(victim, { secret: "guessed".repeat(6) }) }],
+    ];
+    const channels = [];
+    for (const [key, payload] of attempts) {
+      // One channel per socket and topic: a fresh client for each forged presence.
+      const c = await userClient(mallory);
+      const ch = c.channel("online-users", { config: { private: true, presence: { key } } });
+      assert.equal((await subscribed(ch)).status, "SUBSCRIBED");
+      assert.equal(await ch.track(payload), "ok", "Realtime itself accepts any key");
+      channels.push(c);
+    }
+    await eventually(async () => {
+      const now = (await bridgeStats()).rejected;
+      const delta = (r: string) => (now[r] ?? 0) - (before[r] ?? 0);
+      return delta("wrong_user") >= 2 && delta("expired_proof") >= 1 &&
+        delta("missing_proof") >= 1 && delta("invalid_proof") >= 1;
+    }, "the bridge counted every forgery by its reason");
+    await sleep(500);
+    assert.equal(await online(sql, victim), false, "the victim is not online");
+    assert.equal(await seenNearby(viewer, victim), false, "nor nearby");
+    const [buffered] = await sql`select count(*)::int as n from public.presence_buffer
+                                 where user_id = ${victim}`;
+    assert.equal(buffered.n, 0, "nothing was even buffered for the victim");
+
+    // The victim comes online for real, and leaves: the forged presences still under their
+    // key do not keep them online.
+    const v = await app(victim);
+    await v.realtime.trackPresence(victim, HERE);
+    await eventually(() => online(sql, victim), "the victim's own presence counts");
+    await v.realtime.close();
+    await eventually(async () => !(await online(sql, victim)), "offline at their real leave", 1000);
+    for (const c of channels) await c.realtime.disconnect();
+  } finally {
+    await attacker.realtime.disconnect();
+    await deleteUsers(sql, [victim, mallory, viewer]);
+    await sql.end();
+  }
+});
+
+test("a_lost_socket_goes_offline_as_soon_as_the_server_times_it_out", async () => {
+  const sql = database();
+  const [bob, viewer] = await createUsers(sql, "presence-lost", 2, HERE);
+  // A private Realtime endpoint with a 2 s idle timeout (hosted: 60 s), its own bridge, and a
+  // proxy between the client and it that can go silent like a phone out of coverage.
+  const idleMs = 2000;
+  const server = await startFunctionsServer({ REALTIME_IDLE_TIMEOUT_MS: String(idleMs) });
+  const base = server.url.replace(/\/functions\/v1$/, "");
+  const bridge = await startBridge(base, { BRIDGE_HEARTBEAT_INTERVAL_MS: "500" });
+  const proxy = new FreezableProxy(Number(new URL(base).port));
+  // Heartbeats well inside the idle timeout, as realtime-js's 25 s are inside hosted's 60 s.
+  const b = await app(bob, `http://127.0.0.1:${proxy.port}`, 500);
+  try {
+    await b.realtime.trackPresence(bob, HERE);
+    await eventually(() => online(sql, bob), "bob online");
+    proxy.freeze();
+    const lost = performance.now();
+
+    await eventually(async () => !(await online(sql, bob)), "bob offline", idleMs + 3000);
+    const took = performance.now() - lost;
+    console.log(`socket lost -> offline: ${took.toFixed(0)} ms (idle timeout ${idleMs} ms)`);
+    assert.ok(took >= idleMs - 600, `not before the server timeout (${took} ms)`);
+    assert.ok(took <= idleMs + 1000, `within a second of it (${took} ms)`);
+    assert.equal(await seenNearby(viewer, bob), false);
+  } finally {
+    proxy.close();
+    await b.realtime.close().catch(() => {});
+    await bridge.stop();
+    server.child.kill();
+    await server.child.status;
+    await deleteUsers(sql, [bob, viewer]);
+    await sql.end();
+  }
+});

@@ -70,7 +70,7 @@ export async function stackSh(stack: Stack, action: string): Promise<void> {
  * supabase/local.env, e.g. POOL_MAX_SERVER_CONNECTIONS. */
 export async function startStack(prefix: string, env: Record<string, string> = {}): Promise<Stack> {
   const state = await Deno.makeTempDir({ prefix });
-  const [pg, bouncer, redis, fns] = await freePorts(4);
+  const [pg, bouncer, redis, fns, bridge] = await freePorts(5);
   const stack: Stack = {
     env: {
       ...env,
@@ -79,6 +79,7 @@ export async function startStack(prefix: string, env: Record<string, string> = {
       PGBOUNCER_PORT: String(bouncer),
       REDIS_PORT: String(redis),
       FUNCTIONS_PORT: String(fns),
+      BRIDGE_HEALTH_PORT: String(bridge),
     },
     state,
     url: `http://127.0.0.1:${fns}/functions/v1`,

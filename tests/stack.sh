@@ -9,7 +9,7 @@ ok() { n=$((n + 1)); echo "ok $n - $1"; }
 not_ok() { n=$((n + 1)); echo "not ok $n - $1"; failed=1; }
 failed=0
 
-pids() { cat "$RUN_DIR"/{pgbouncer,redis,functions}.pid "$PGDATA_DIR/postmaster.pid" 2>/dev/null | grep -E '^[0-9]+$' | sort; }
+pids() { cat "$RUN_DIR"/{pgbouncer,redis,functions,bridge}.pid "$PGDATA_DIR/postmaster.pid" 2>/dev/null | grep -E '^[0-9]+$' | sort; }
 
 "$ROOT/scripts/stack.sh" start >/dev/null 2>&1
 before=$(pids)
@@ -21,11 +21,12 @@ fi
 
 status=$("$ROOT/scripts/stack.sh" status)
 missing=""
-for k in API_URL FUNCTIONS_URL DB_URL POOLER_URL REDIS_URL JWT_SECRET ANON_KEY SERVICE_ROLE_KEY PRESENCE_WEBHOOK_SECRET; do
+for k in API_URL FUNCTIONS_URL REALTIME_URL DB_URL POOLER_URL REDIS_URL JWT_SECRET ANON_KEY SERVICE_ROLE_KEY PRESENCE_WEBHOOK_SECRET; do
   grep -qE "^$k=.+" <<<"$status" || missing+=" $k"
 done
 if [ -z "$missing" ]; then ok "make status prints every NAME=value line"; else not_ok "make status lacks:$missing"; fi
-if grep -q '^POSTGRES_STATUS=running$' <<<"$status" && grep -q '^FUNCTIONS_STATUS=running$' <<<"$status"; then
+if grep -q '^POSTGRES_STATUS=running$' <<<"$status" && grep -q '^FUNCTIONS_STATUS=running$' <<<"$status" \
+  && grep -q '^BRIDGE_STATUS=running$' <<<"$status" && grep -q "^REALTIME_URL=ws://127.0.0.1:$FUNCTIONS_PORT/realtime/v1$" <<<"$status"; then
   ok "make status reports the services running"
 else
   not_ok "make status reports the services running"

@@ -54,3 +54,11 @@ wait_for() {
 }
 
 psql_db() { PGOPTIONS="-c client_min_messages=warning" PGPASSWORD="$POSTGRES_PASSWORD" psql -X -v ON_ERROR_STOP=1 -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
+
+# The environment the Deno suites and benchmarks run in: the stack's URLs and keys under the
+# names the functions and supabase-js code read.
+export_app_env() {
+  export SUPABASE_URL="$API_URL" SUPABASE_ANON_KEY="$ANON_KEY" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY" \
+    SUPABASE_DB_URL="$POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL \
+    PRESENCE_WEBHOOK_SECRET SLTR_ROOT="$ROOT" DB_URL
+}

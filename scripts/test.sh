@@ -14,7 +14,7 @@ suite() {
 lint() {
   "$NODE_BIN/squawk" "$ROOT"/migrations/*.sql
   local dirs=()
-  for d in functions realtime tests bench client workers; do [ -d "$ROOT/$d" ] && dirs+=("$d"); done
+  for d in functions realtime tests bench client workers examples scripts; do [ -d "$ROOT/$d" ] && dirs+=("$d"); done
   (cd "$ROOT" && "$NODE_BIN/deno" lint -q && "$NODE_BIN/deno" fmt --check -q && "$NODE_BIN/deno" check -q "${dirs[@]}")
 }
 
@@ -29,10 +29,7 @@ migration_tests() {
 }
 
 deno_tests() {
-  (cd "$ROOT" && SUPABASE_URL="$API_URL" SUPABASE_ANON_KEY="$ANON_KEY" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY" \
-    SUPABASE_DB_URL="$POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL="$REDIS_URL" \
-    PRESENCE_WEBHOOK_SECRET="$PRESENCE_WEBHOOK_SECRET" SLTR_ROOT="$ROOT" DB_URL="$DB_URL" \
-    "$NODE_BIN/deno" test -A --no-check=remote "$@")
+  (cd "$ROOT" && export_app_env && "$NODE_BIN/deno" test -A --no-check=remote "$@")
 }
 
 # Fault injection (tests/faults) and fuzzing (tests/fuzz) start throwaway stacks of their own

@@ -22,16 +22,26 @@ export interface DatabaseMessage {
 export type Log = (level: "info" | "warn" | "error", msg: string, data?: object) => void;
 
 /**
- * Keeps one replication stream open and hands every broadcast row to `deliver`. If the
- * database goes away the stream is re-created (a new temporary slot) with capped backoff.
+ * Keeps one replication stream open and hands every broadcast row to `deliver`. postgres.js
+ * reconnects a stream that drops, once; when that fails (the database is down for longer) a
+ * watchdog notices the stream has had no backend for a few seconds and starts a new one (a new
+ * temporary slot), with capped backoff.
  */
 export class DatabaseBroadcasts {
   private sql?: postgres.Sql;
   private stopped = false;
   private retryTimer?: ReturnType<typeof setTimeout>;
+  private watchdog?: ReturnType<typeof setInterval>;
   private attempt = 0;
-  connected = false;
+  /** The stream's backend (postgres.js clears pid while the stream is down). */
+  private stream?: { pid?: number };
+  private downSince?: number;
   received = 0;
+  restarts = 0;
+
+  get connected(): boolean {
+    return this.stream?.pid !== undefined;
+  }
 
   constructor(
     private readonly url: string,
@@ -40,6 +50,23 @@ export class DatabaseBroadcasts {
   ) {}
 
   start(): void {
+    void this.connect();
+    this.watchdog ??= setInterval(() => this.check(), 1000);
+  }
+
+  private check(): void {
+    if (this.stopped || !this.stream || this.stream.pid !== undefined) {
+      this.downSince = undefined;
+      return;
+    }
+    this.downSince ??= performance.now();
+    if (performance.now() - this.downSince < 4000) return;
+    this.downSince = undefined;
+    this.restarts++;
+    this.log("warn", "database broadcasts: replication stream lost, starting a new one");
+    const old = this.sql;
+    this.sql = this.stream = undefined;
+    void old?.end({ timeout: 0 }).catch(() => {});
     void this.connect();
   }
 
@@ -54,19 +81,19 @@ export class DatabaseBroadcasts {
         connection: { application_name: "sltr-realtime-replication" },
       });
       this.sql = sql;
-      await sql.subscribe(
+      const handle = await sql.subscribe(
         "insert:realtime.messages",
         (row) => this.onRow(row),
         () => {
-          this.connected = true;
           this.attempt = 0;
         },
       );
+      // At run time the handle also carries the stream's state (pid while connected).
+      this.stream = (handle as unknown as { state: { pid?: number } }).state;
       this.log("info", "database broadcasts: replication started", { publication: PUBLICATION });
     } catch (e) {
-      this.connected = false;
       const sql = this.sql;
-      this.sql = undefined;
+      this.sql = this.stream = undefined;
       await sql?.end({ timeout: 0 }).catch(() => {});
       const delay = Math.min(10_000, 250 * 2 ** this.attempt++);
       this.log("warn", "database broadcasts: replication unavailable, retrying", {
@@ -112,6 +139,7 @@ export class DatabaseBroadcasts {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.retryTimer);
+    clearInterval(this.watchdog);
     await this.sql?.end({ timeout: 1 }).catch(() => {});
   }
 }

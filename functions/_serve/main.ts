@@ -4,6 +4,7 @@
 // on its own and Realtime as its own service; this is their local host.
 import { requireJwt } from "../_shared/auth.ts";
 import { error, HttpError, preflight, serveJson } from "../_shared/http.ts";
+import { registerRealtimeMetrics } from "../_shared/metrics.ts";
 import { realtimeConfig } from "../../realtime/config.ts";
 import { RealtimeServer } from "../../realtime/server.ts";
 import { functions } from "./registry.ts";
@@ -15,6 +16,7 @@ export const realtime = Deno.env.get("REALTIME_ENABLED") === "false"
   ? undefined
   : new RealtimeServer(realtimeConfig());
 realtime?.start();
+if (realtime) registerRealtimeMetrics(() => realtime.stats());
 
 async function route(req: Request): Promise<Response> {
   if (realtime?.handles(req)) return await realtime.handle(req);

@@ -136,3 +136,63 @@ export function startProcessMetrics(): void {
   defaultsStarted = true;
   collectDefaultMetrics({ register: registry, prefix: "sltr_" });
 }
+
+/** The local Realtime endpoint's figures (realtime/server.ts stats()), when it runs in this
+ * process: gauges read at scrape time. */
+export function registerRealtimeMetrics(stats: () => Record<string, number | boolean>): void {
+  const gauges: [string, string, string][] = [
+    ["sockets", "sltr_realtime_sockets", "WebSocket connections open now."],
+    ["users", "sltr_realtime_connected_users", "Sockets counted against max_concurrent_users."],
+    ["channels", "sltr_realtime_channels", "Channels joined now."],
+    ["presences", "sltr_realtime_presences", "Presence metas tracked now."],
+    ["joinsPerSecond", "sltr_realtime_joins_per_second", "Joins/s as the limit judges them."],
+    ["eventsPerSecond", "sltr_realtime_events_per_second", "Messages/s as the limit judges them."],
+    ["replicationConnected", "sltr_realtime_replication_up", "1 while database broadcasts stream."],
+  ];
+  const counters: [string, string, string][] = [
+    ["joins", "sltr_realtime_joins_total", "Channel joins accepted."],
+    ["joinsRefused", "sltr_realtime_joins_refused_total", "Channel joins refused."],
+    ["connectionsRefused", "sltr_realtime_connections_refused_total", "Upgrades refused."],
+    ["framesOut", "sltr_realtime_frames_sent_total", "Frames sent to clients."],
+    [
+      "malformedFrames",
+      "sltr_realtime_malformed_frames_total",
+      "Client frames ignored as malformed.",
+    ],
+    [
+      "presenceLimited",
+      "sltr_realtime_presence_limited_total",
+      "Channels closed by the presence limit.",
+    ],
+    [
+      "databaseBroadcasts",
+      "sltr_realtime_database_broadcasts_total",
+      "Rows of realtime.messages fanned out.",
+    ],
+  ];
+  const read = (key: string) => {
+    const value = stats()[key];
+    return typeof value === "boolean" ? Number(value) : value ?? 0;
+  };
+  for (const [key, name, help] of gauges) {
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(read(key));
+      },
+    });
+  }
+  for (const [key, name, help] of counters) {
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(read(key));
+      },
+    });
+  }
+}

@@ -264,6 +264,9 @@ async function presencePath(base: string, functionsUrl: string) {
         },
       });
       await app.supabase.realtime.setAuth();
+      // A random phase against the bridge's 250 ms flush: measured right after one, every
+      // sample would wait for a whole interval.
+      await sleep(Math.random() * 300);
       const t0 = performance.now();
       await app.realtime.trackPresence(id, HERE);
       await eventually(
@@ -274,6 +277,7 @@ async function presencePath(base: string, functionsUrl: string) {
       visible.recordMs(performance.now() - t0);
       // From the moment the app closes its socket (realtime-js's own close handshake takes
       // ~300 ms of polling; the server sees the leave at once).
+      await sleep(Math.random() * 300);
       const t1 = performance.now();
       const closing = app.realtime.close();
       await eventually(

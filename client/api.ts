@@ -110,6 +110,22 @@ export class SltrApi {
     return (data ?? []) as NearbyUser[];
   }
 
+  /** RPC watch_presence: the users the caller's screens show now (replacing the previous
+   * list, at most 1,000, for 10 minutes); returns how many users are watched in all. */
+  async watchPresence(userIds: string[]): Promise<number> {
+    const args: Functions["watch_presence"]["Args"] = { user_ids: userIds };
+    const { data, error, status } = await this.supabase.rpc("watch_presence", args);
+    if (error) throw rpcError(error, status);
+    return data as number;
+  }
+
+  /** The signed-in user's favorites (the favorites table, their rows only by RLS). */
+  async favoriteIds(): Promise<string[]> {
+    const { data, error, status } = await this.supabase.from("favorites").select("favorite_id");
+    if (error) throw rpcError(error, status);
+    return (data ?? []).map((r) => r.favorite_id);
+  }
+
   /** GET functions/v1/nearby-online: the same, through the Redis cache. */
   async nearbyOnline(q: NearbyQuery & { limit?: number }): Promise<Answer<NearbyUser>> {
     const params = new URLSearchParams({ lat: String(q.lat), lng: String(q.lng) });

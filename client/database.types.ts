@@ -250,6 +250,7 @@ export type Database = {
         Args: { latitude: number; longitude: number };
         Returns: unknown;
       };
+      watch_presence: { Args: { user_ids: string[] }; Returns: number };
     };
     Enums: {
       [_ in never]: never;

@@ -23,9 +23,18 @@ import { jitteredBackoffMs } from "./reconnect.ts";
 
 /** Presence: signed-in users track themselves here (private; only the bridge reads it). */
 export const PRESENCE_TOPIC = "online-users";
-/** Status changes, one broadcast per presence flush (private; signed-in users receive it). */
+/** The old global topic: every change in the world, once a minute. Off by default
+ * (sltr.presence_global_broadcast); watchStatus() replaces it. */
 export const STATUS_TOPIC = "presence:changes";
 export const STATUS_EVENT = "status_changes";
+
+/** A signed-in user's private inbox: the status changes of the users they watch. */
+export const inboxTopic = (userId: string) => `presence:user:${userId}`;
+
+/** Screen lists expire 10 minutes after the last watch_presence call; renew well before. */
+export const WATCH_RENEW_MS = 5 * 60_000;
+/** watch_presence takes at most this many ids. */
+export const MAX_WATCHED = 1000;
 
 /** Hosted Realtime's per-channel client presence limit (track and untrack calls). */
 export const HOSTED_PRESENCE_LIMIT = { maxCalls: 5, windowMs: 30_000 };
@@ -47,6 +56,16 @@ export interface Location {
 export interface Subscription {
   readonly topic: string;
   unsubscribe(): Promise<void>;
+}
+
+/** A screen's list of users to watch (the nearby grid, a chat list, an open profile). */
+export interface WatchHandle {
+  /** Resolves with how many users the caller watches in all (screens and favorites). */
+  readonly ready: Promise<number>;
+  /** The screen now shows these users instead. */
+  update(userIds: string[]): Promise<number>;
+  /** The screen closed. */
+  stop(): Promise<void>;
 }
 
 export interface PresenceTracking extends Subscription {
@@ -71,6 +90,9 @@ export interface RealtimeServiceOptions {
   presenceLimit?: { maxCalls: number; windowMs: number };
   /** Where presence tickets come from (default: the presence-ticket function). */
   ticket?: () => Promise<PresenceTicket>;
+  /** The user's favorites, watched always, for the re-read after a (re)join (default: the
+   * favorites table through the API). */
+  favorites?: () => Promise<string[]>;
   log?: (msg: string, data?: unknown) => void;
   random?: () => number;
 }
@@ -143,6 +165,12 @@ export class RealtimeService {
   private readonly trackTimeoutMs: number;
   private readonly presenceLimit: { maxCalls: number; windowMs: number };
   private readonly ticket: () => Promise<PresenceTicket>;
+  private readonly favorites: () => Promise<string[]>;
+  private readonly api: SltrApi;
+  /** The open screens' watch lists (watch()). */
+  private readonly screens = new Set<{ ids: string[] }>();
+  private watchTimer?: ReturnType<typeof setTimeout>;
+  private watchCall: Promise<number> = Promise.resolve(0);
   private readonly log: (msg: string, data?: unknown) => void;
   private readonly random: () => number;
   private authReady?: Promise<unknown>;
@@ -154,8 +182,9 @@ export class RealtimeService {
       ((n) => Math.max(100, jitteredBackoffMs(n, { baseMs: 1000, capMs: 30_000 }, this.random)));
     this.trackTimeoutMs = options.trackTimeoutMs ?? 15_000;
     this.presenceLimit = options.presenceLimit ?? HOSTED_PRESENCE_LIMIT;
-    const api = new SltrApi(supabase);
-    this.ticket = options.ticket ?? (() => api.presenceTicket());
+    this.api = new SltrApi(supabase);
+    this.ticket = options.ticket ?? (() => this.api.presenceTicket());
+    this.favorites = options.favorites ?? (() => this.api.favoriteIds());
     this.log = options.log ?? (() => {});
   }
 
@@ -183,6 +212,119 @@ export class RealtimeService {
       const changes = payload.changes;
       if (Array.isArray(changes)) handler(changes as StatusChange[]);
     }, options);
+  }
+
+  /**
+   * The status changes of everyone the user watches (favorites and open screens), on their
+   * private inbox, as they happen. After every (re)join the current status of everyone watched
+   * is read once (get_online_users_batch) and delivered too, so nothing is missed across a
+   * reconnect.
+   */
+  watchStatus(
+    handler: (changes: StatusChange[]) => void,
+    options: SubscribeOptions = {},
+  ): Subscription {
+    let cancelled = false;
+    let inner: Subscription | undefined;
+    const deliver = (changes: StatusChange[]) => {
+      if (changes.length === 0 || cancelled) return;
+      try {
+        handler(changes);
+      } catch (e) {
+        this.log("a status handler threw", e);
+      }
+    };
+    const ready = this.userId().then((me) => {
+      if (cancelled) return;
+      const topic = inboxTopic(me);
+      const listener: Listener = {
+        event: STATUS_EVENT,
+        handler: (payload) => {
+          if (Array.isArray(payload.changes)) deliver(payload.changes as StatusChange[]);
+        },
+        onStatus: (status, error) => {
+          options.onStatus?.(status, error);
+          if (status === "SUBSCRIBED") {
+            void this.reread().then(deliver, (e) => this.log("re-read failed", e));
+          }
+        },
+      };
+      this.attach(topic, listener, { isPrivate: true });
+      inner = { topic, unsubscribe: () => this.detach(topic, listener) };
+    });
+    return {
+      get topic() {
+        return inner?.topic ?? "";
+      },
+      unsubscribe: async () => {
+        cancelled = true;
+        await ready.catch(() => {});
+        await inner?.unsubscribe();
+      },
+    };
+  }
+
+  /**
+   * Watches the users a screen shows now. Every open screen's list goes to the server as one
+   * list (watch_presence replaces the previous one), renewed every 5 minutes while any screen
+   * is open, so the server stops pushing 10 minutes after the app vanished.
+   */
+  watch(userIds: string[]): WatchHandle {
+    const screen = { ids: [...userIds] };
+    this.screens.add(screen);
+    return {
+      ready: this.sendWatchList(),
+      update: (next) => {
+        screen.ids = [...next];
+        return this.sendWatchList();
+      },
+      stop: async () => {
+        if (this.screens.delete(screen)) await this.sendWatchList().catch(() => 0);
+      },
+    };
+  }
+
+  /** The ids on every open screen, each once. */
+  private watched(): string[] {
+    const all = new Set<string>();
+    for (const s of this.screens) for (const id of s.ids) all.add(id);
+    return [...all];
+  }
+
+  private sendWatchList(): Promise<number> {
+    clearTimeout(this.watchTimer);
+    const ids = this.watched();
+    // One call at a time, in order: the last list sent is the one the server keeps.
+    this.watchCall = this.watchCall.catch(() => 0).then(() => this.api.watchPresence(ids));
+    if (this.screens.size > 0) {
+      this.watchTimer = setTimeout(() => void this.sendWatchList().catch(() => 0), WATCH_RENEW_MS);
+    }
+    return this.watchCall;
+  }
+
+  /** The current status of everyone watched, as changes. */
+  private async reread(): Promise<StatusChange[]> {
+    const ids = new Set([...this.watched(), ...(await this.favorites().catch(() => []))]);
+    if (ids.size === 0) return [];
+    const statuses = await this.api.getOnlineUsersBatch([...ids]);
+    return statuses.map((s) => ({
+      user_id: s.user_id,
+      is_online: s.is_online,
+      last_seen_at: s.last_seen_at,
+    }));
+  }
+
+  /** The signed-in user's id, from the token realtime-js joins with. */
+  private async userId(): Promise<string> {
+    await (this.authReady ??= this.supabase.realtime.setAuth().catch(() => {}));
+    const token = this.supabase.realtime.accessTokenValue ?? "";
+    try {
+      const claims = JSON.parse(
+        atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")),
+      ) as { sub?: unknown; role?: unknown };
+      if (typeof claims.sub === "string" && claims.role === "authenticated") return claims.sub;
+    } catch { /* not a JWT */ }
+    throw new Error("watchStatus needs a signed-in user");
   }
 
   /**
@@ -252,6 +394,8 @@ export class RealtimeService {
   /** Leaves every channel and closes the socket. */
   async close(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.watchTimer);
+    this.screens.clear();
     const entries = [...this.topics.values()];
     this.topics.clear();
     for (const e of entries) {

@@ -32,6 +32,7 @@ export class DatabaseBroadcasts {
   private stopped = false;
   private retryTimer?: ReturnType<typeof setTimeout>;
   private watchdog?: ReturnType<typeof setInterval>;
+  private pruner?: ReturnType<typeof setInterval>;
   private attempt = 0;
   /** The stream's backend (postgres.js clears pid while the stream is down). */
   private stream?: { pid?: number };
@@ -47,11 +48,30 @@ export class DatabaseBroadcasts {
     private readonly url: string,
     private readonly deliver: (m: DatabaseMessage) => void,
     private readonly log: Log,
+    private readonly retentionMinutes = 10,
   ) {}
 
   start(): void {
     void this.connect();
     this.watchdog ??= setInterval(() => this.check(), 1000);
+    this.pruner ??= setInterval(() => void this.prune(), 60_000);
+  }
+
+  /** Hosted Realtime keeps realtime.messages in daily partitions and drops old ones; the
+   * local table is not partitioned, so old rows are deleted instead, keeping the last
+   * `retentionMinutes` (REALTIME_MESSAGES_RETENTION_MINUTES). */
+  private async prune(): Promise<void> {
+    const admin = postgres(this.url, { max: 1, onnotice: () => {}, connect_timeout: 5 });
+    try {
+      await admin`delete from realtime.messages
+                  where inserted_at < now() - make_interval(mins => ${this.retentionMinutes})`;
+    } catch (e) {
+      this.log("warn", "database broadcasts: pruning realtime.messages failed", {
+        error: String(e),
+      });
+    } finally {
+      await admin.end({ timeout: 1 });
+    }
   }
 
   private check(): void {
@@ -140,6 +160,7 @@ export class DatabaseBroadcasts {
     this.stopped = true;
     clearTimeout(this.retryTimer);
     clearInterval(this.watchdog);
+    clearInterval(this.pruner);
     await this.sql?.end({ timeout: 1 }).catch(() => {});
   }
 }

@@ -75,6 +75,7 @@ export class RealtimeServer {
         config.replicationUrl,
         (m) => this.deliverDatabaseMessage(m),
         log,
+        config.messagesRetentionMinutes,
       );
     }
   }

@@ -23,12 +23,8 @@ export function postgrestFetch(sql: Sql, calls: string[] = []): typeof fetch {
     const req = new Request(input, init);
     const url = new URL(req.url);
     const match = /^\/rest\/v1\/rpc\/([a-z_][a-z0-9_]*)$/.exec(url.pathname);
+    const table = /^\/rest\/v1\/([a-z_][a-z0-9_]*)$/.exec(url.pathname);
     if (!url.pathname.startsWith("/rest/v1/")) return await fetch(req);
-    if (!match || req.method !== "POST") {
-      return Response.json({ code: "PGRST000", message: "not emulated" }, { status: 501 });
-    }
-    const fn = match[1];
-    calls.push(fn);
     const token = /^Bearer (.+)$/.exec(req.headers.get("authorization") ?? "")?.[1] ??
       req.headers.get("apikey") ?? "";
     let claims: Record<string, unknown>;
@@ -37,11 +33,39 @@ export function postgrestFetch(sql: Sql, calls: string[] = []): typeof fetch {
     } catch {
       return Response.json({ code: "PGRST301", message: "JWT invalid" }, { status: 401 });
     }
+    // GET /rest/v1/<table>?select=a,b: the rows the caller's role and RLS let it see.
+    const columns = url.searchParams.get("select") ?? "*";
+    if (
+      table && req.method === "GET" && /^(\*|[a-z_][a-z0-9_]*(,[a-z_][a-z0-9_]*)*)$/.test(columns)
+    ) {
+      calls.push(table[1]);
+      try {
+        const rows = await sql.begin(async (tx) => {
+          await tx`select set_config('role', ${String(claims.role)}, true),
+                          set_config('request.jwt.claims', ${JSON.stringify(claims)}, true)`;
+          return await tx.unsafe(
+            `select to_jsonb(r) as row from (select ${columns} from public.${table[1]}) as r`,
+          );
+        });
+        return Response.json(rows.map((r) => r.row));
+      } catch (e) {
+        return postgrestError(e);
+      }
+    }
+    if (!match || req.method !== "POST") {
+      return Response.json({ code: "PGRST000", message: "not emulated" }, { status: 501 });
+    }
+    const fn = match[1];
+    calls.push(fn);
     const args = await req.json() as Record<string, unknown>;
     const params = await sql<{ name: string; type: string }[]>`
       select a.name, format_type(a.type, null) as type
       from pg_proc as p,
         unnest(p.proargnames[1:p.pronargs], p.proargtypes::oid[]) as a (name, type)
+      where p.pronamespace = 'public'::regnamespace and p.proname = ${fn}`;
+    const [shape] = await sql<{ scalar: boolean }[]>`
+      select not p.proretset and t.typtype in ('b', 'd', 'e') as scalar
+      from pg_proc as p join pg_type as t on t.oid = p.prorettype
       where p.pronamespace = 'public'::regnamespace and p.proname = ${fn}`;
     const used = params.filter((p) => p.name in args);
     if (used.length !== Object.keys(args).length) {
@@ -66,14 +90,20 @@ export function postgrestFetch(sql: Sql, calls: string[] = []): typeof fetch {
           used.length ? [JSON.stringify(args)] : [],
         );
       });
-      return Response.json(rows.map((r) => r.row));
+      // A function returning one value answers that value, not rows (PostgREST).
+      return Response.json(shape?.scalar ? rows[0]?.row ?? null : rows.map((r) => r.row));
     } catch (e) {
-      const err = e as { code?: string; message?: string; hint?: string; detail?: string };
-      const code = err.code ?? "XX000";
-      return Response.json(
-        { code, message: err.message, hint: err.hint ?? null, details: err.detail ?? null },
-        { status: statusFor(code) },
-      );
+      return postgrestError(e);
     }
   };
+}
+
+/** A Postgres error in PostgREST's shape and status. */
+function postgrestError(e: unknown): Response {
+  const err = e as { code?: string; message?: string; hint?: string; detail?: string };
+  const code = err.code ?? "XX000";
+  return Response.json(
+    { code, message: err.message, hint: err.hint ?? null, details: err.detail ?? null },
+    { status: statusFor(code) },
+  );
 }

@@ -94,7 +94,7 @@ select tests.clear_authentication();
 -- ---- the pg_cron jobs ----------------------------------------------------------------------
 
 select results_eq(
-  $$select jobname::text collate "default", schedule, command from cron.job where jobname like 'presence-%' order by jobname$$,
+  $$select jobname::text collate "default", schedule, command from cron.job where jobname in ('presence-flush', 'presence-expire') order by jobname$$,
   $$values ('presence-expire', '* * * * *', 'select public.expire_stale_presence()'),
            ('presence-flush', '* * * * *', 'select public.flush_presence()')$$,
   'pg_cron flushes and expires presence every minute');
@@ -111,7 +111,7 @@ where u.email like 'seed-user-%@sltr.local' or u.email like '%@presence.test' \g
 
 \ir ../../rollbacks/20261102000000_presence_buffer.sql
 
-select is_empty($$select from cron.job where jobname like 'presence-%'$$, 'the rollback removes the pg_cron jobs');
+select is_empty($$select from cron.job where jobname in ('presence-flush', 'presence-expire')$$, 'the rollback removes the pg_cron jobs');
 select hasnt_table('public', 'presence_buffer', 'the rollback drops presence_buffer');
 select hasnt_function('public', 'ingest_presence', array['jsonb'], 'the rollback drops ingest_presence');
 select hasnt_function('public', 'flush_presence', array[]::name[], 'the rollback drops flush_presence');
@@ -129,7 +129,7 @@ select results_eq(
 
 select has_table('public', 'presence_buffer', 'up again after down: presence_buffer is back');
 select results_eq(
-  $$select jobname::text collate "default" from cron.job where jobname like 'presence-%' order by jobname$$,
+  $$select jobname::text collate "default" from cron.job where jobname in ('presence-flush', 'presence-expire') order by jobname$$,
   array['presence-expire', 'presence-flush'], 'up again after down: the jobs are back');
 
 -- ---- ingest_presence ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 -- Realtime: profiles in the publication without locations, one broadcast per presence flush
 -- or expiry batch (none for a batch that changed nothing, never a coordinate), and the private
--- channels' authorization as Realtime checks it when a client joins.
+-- channels' authorization as Realtime checks it when a client joins. The global broadcast is
+-- off by default since the inboxes (41_presence_push) replaced it; it is tested switched on.
 begin;
 select plan(42);
+set local sltr.presence_global_broadcast = on;
 
 -- Apply what other sessions left in the presence buffer, and expire stale users, first (all
 -- rolled back at the end), so every broadcast counted below is about this test's users only.

@@ -1,0 +1,138 @@
+-- Status pushed to the people who care: each user's private inbox, watch_presence, and one
+-- message per online watcher for every status change (never for heartbeats or moves, never a
+-- location), from ingest_presence and expire_stale_presence alike.
+begin;
+select plan(26);
+
+-- What was sent to an inbox in this transaction (pg_cron's own sends commit with another
+-- inserted_at).
+create temp view inbox as
+  select substr(m.topic, length('presence:user:') + 1)::uuid as recipient,
+         m.event, m.private, m.payload -> 'changes' as changes
+  from realtime.messages as m
+  where m.topic like 'presence:user:%' and m.inserted_at = now()::timestamp;
+grant select on inbox to public;
+
+select tests.create_user('ann@push.test') as ann \gset
+select tests.create_user('bob@push.test') as bob \gset
+select tests.create_user('cat@push.test') as cat \gset
+select tests.create_user('dan@push.test') as dan \gset
+select tests.create_user('eve@push.test') as eve \gset
+
+-- Online now: ann, cat, dan (eve stays offline).
+select public.ingest_presence(jsonb_build_array(
+  jsonb_build_object('user_id', :'ann', 'status', 'online', 'at', now() - interval '1 second'),
+  jsonb_build_object('user_id', :'cat', 'status', 'online', 'at', now() - interval '1 second'),
+  jsonb_build_object('user_id', :'dan', 'status', 'online', 'at', now() - interval '1 second')
+)) is not null as setup;
+delete from realtime.messages where topic like 'presence:user:%' and inserted_at = now()::timestamp;
+
+-- The inbox: its owner may join and read it, nobody else; no client may write to it.
+select set_config('realtime.topic', 'presence:user:' || :'ann', true) as joining \gset
+insert into realtime.messages (id, topic, extension, private)
+values ('00000000-0000-4000-a000-00000000f001', 'presence:user:' || :'ann', 'broadcast', true);
+select tests.authenticate_as(:'ann');
+select isnt_empty($$select from realtime.messages where id = '00000000-0000-4000-a000-00000000f001'$$,
+  'a user may read their own inbox');
+select throws_ok(
+  $$insert into realtime.messages (topic, extension, private) values (realtime.topic(), 'broadcast', true)$$,
+  '42501', null, 'not even its owner may write to an inbox');
+select tests.clear_authentication();
+select tests.authenticate_as(:'bob');
+select is_empty($$select from realtime.messages where id = '00000000-0000-4000-a000-00000000f001'$$,
+  'nobody else may read it');
+select tests.clear_authentication();
+delete from realtime.messages where id = '00000000-0000-4000-a000-00000000f001';
+
+-- watch_presence.
+select tests.authenticate_as(:'ann');
+select is(public.watch_presence(array[:'bob', :'cat', :'ann', gen_random_uuid()]::uuid[]), 2,
+  'counts the users watched, ignoring unknown ids and the caller');
+select throws_ok(
+  format('select public.watch_presence(array(select gen_random_uuid() from generate_series(1, 1001)))'),
+  '22023', 'user_ids must hold at most 1000 ids, got 1001', 'at most 1000 ids');
+select tests.clear_authentication();
+insert into public.favorites (user_id, favorite_id) values (:'ann', :'dan'), (:'eve', :'bob');
+select tests.authenticate_as(:'ann');
+select is(public.watch_presence(array[:'bob', :'dan']::uuid[]), 2,
+  'replaces the previous list; a favorite on it counts once');
+select is(public.watch_presence('{}'), 1, 'an empty list leaves the favorites');
+select is(public.watch_presence(array[:'bob', :'cat']::uuid[]), 3, 'favorites plus the screen');
+select tests.clear_authentication();
+select tests.authenticate_as_anon();
+select throws_ok($$select public.watch_presence('{}')$$, '42501', null, 'anon may not watch');
+select tests.clear_authentication();
+select ok(
+  (select min(expires_at) - statement_timestamp() from private.presence_watches
+   where watcher_id = :'ann') between interval '9 minutes 59 seconds' and interval '10 minutes',
+  'a screen list expires 10 minutes after the call');
+-- cat watches bob too; eve (offline) has bob as a favorite.
+select tests.authenticate_as(:'cat');
+select is(public.watch_presence(array[:'bob']::uuid[]), 1, 'cat watches bob');
+select tests.clear_authentication();
+
+-- bob comes online: ann (screen) and cat (screen) get it; dan watches nobody; eve is offline.
+select public.ingest_presence(jsonb_build_array(jsonb_build_object(
+  'user_id', :'bob', 'status', 'online', 'at', now(), 'lat', 52.52, 'lng', 13.40))) is not null as bob_online;
+select set_eq($$select recipient from inbox$$, array[:'ann', :'cat']::uuid[],
+  'every online watcher, and nobody else, gets the change');
+select results_eq($$select distinct event, private from inbox$$, $$values ('status_changes', true)$$,
+  'event status_changes on the private inbox');
+select is((select changes from inbox where recipient = :'ann'),
+  jsonb_build_array(jsonb_build_object('user_id', :'bob', 'is_online', true, 'last_seen_at', now())),
+  'the change: who, online, since when');
+select ok(not exists (select from inbox where changes::text ~ '52\.5|13\.4'), 'never a location');
+
+-- A heartbeat and a move change nobody's status: nothing is pushed.
+delete from realtime.messages where topic like 'presence:user:%' and inserted_at = now()::timestamp;
+select public.ingest_presence(jsonb_build_array(
+  jsonb_build_object('user_id', :'bob', 'status', 'online', 'at', now() + interval '1 second'),
+  jsonb_build_object('user_id', :'bob', 'status', 'online', 'at', now() + interval '2 seconds',
+    'lat', 48.1, 'lng', 11.5))) is not null as heartbeat;
+select is_empty($$select from inbox$$, 'heartbeats and moves push nothing');
+
+-- One batch, several changes: one message per watcher with all of theirs.
+select tests.authenticate_as(:'dan');
+select is(public.watch_presence(array[:'cat']::uuid[]), 1, 'dan watches cat');
+select tests.clear_authentication();
+select public.ingest_presence(jsonb_build_array(
+  jsonb_build_object('user_id', :'bob', 'status', 'offline', 'at', now() + interval '3 seconds'),
+  jsonb_build_object('user_id', :'cat', 'status', 'offline', 'at', now() + interval '3 seconds')
+)) is not null as both_leave;
+select is((select count(*)::int from inbox where recipient = :'ann'), 1,
+  'ann: one message for the batch');
+select is((select jsonb_array_length(changes) from inbox where recipient = :'ann'), 2,
+  'with both changes ann watches (bob and cat, ordered by user)');
+select is((select changes -> 0 ->> 'user_id' from inbox where recipient = :'dan'), :'cat',
+  'dan gets cat leaving');
+select ok(not exists (select from inbox where recipient = :'cat'),
+  'cat, now offline, gets nothing (no message for the offline)');
+
+-- An expired screen list pushes nothing.
+update private.presence_watches set expires_at = now() - interval '1 second' where watcher_id = :'dan';
+delete from realtime.messages where topic like 'presence:user:%' and inserted_at = now()::timestamp;
+select public.ingest_presence(jsonb_build_array(
+  jsonb_build_object('user_id', :'cat', 'status', 'online', 'at', now() + interval '4 seconds')
+)) is not null as cat_back;
+select is_empty(format('select from inbox where recipient = %L', :'dan'),
+  'an expired watch list gets nothing');
+
+-- A missed leave (expire_stale_presence) is pushed like any other change: ann's favorite dan.
+delete from realtime.messages where topic like 'presence:user:%' and inserted_at = now()::timestamp;
+update public.presence_buffer set event_at = now() - interval '10 minutes' where user_id = :'dan';
+select ok(public.expire_stale_presence() >= 1, 'dan''s leave was missed and is found');
+select is((select changes -> 0 from inbox where recipient = :'ann'),
+  jsonb_build_object('user_id', :'dan', 'is_online', false,
+    'last_seen_at', now() - interval '10 minutes'),
+  'ann hears that her favorite dan went offline, last seen at his last event');
+
+-- The global topic is off unless asked for.
+select public.flush_presence() >= 0 as flushed;
+select is_empty($$select from realtime.messages where topic = 'presence:changes' and inserted_at = now()::timestamp$$,
+  'no global broadcast by default');
+select ok(not exists (select from information_schema.role_routine_grants
+                      where routine_schema = 'private' and grantee in ('anon', 'authenticated')),
+  'clients cannot call the push');
+
+select * from finish();
+rollback;

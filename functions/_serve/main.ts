@@ -1,12 +1,14 @@
 // The local API gateway on the port `supabase start` uses (54321): every function under
-// /functions/v1/<name>, with Supabase's verify_jwt behaviour, and the local Realtime endpoint
-// under /realtime/v1 (realtime/server.ts). Hosted Supabase runs each functions/<name>/index.ts
-// on its own and Realtime as its own service; this is their local host.
+// /functions/v1/<name>, with Supabase's verify_jwt behaviour, the local Realtime endpoint
+// under /realtime/v1 (realtime/server.ts), and PostgREST's RPCs and plain reads under
+// /rest/v1 (postgrest.ts). Hosted Supabase runs each functions/<name>/index.ts on its own,
+// and Realtime and PostgREST as their own services; this is their local host.
 import { requireJwt } from "../_shared/auth.ts";
 import { error, HttpError, preflight, serveJson } from "../_shared/http.ts";
 import { registerRealtimeMetrics } from "../_shared/metrics.ts";
 import { realtimeConfig } from "../../realtime/config.ts";
 import { RealtimeServer } from "../../realtime/server.ts";
+import { handlePostgrest } from "./postgrest.ts";
 import { functions } from "./registry.ts";
 
 const port = Number(Deno.env.get("FUNCTIONS_PORT") ?? "54321");
@@ -21,6 +23,7 @@ if (realtime) registerRealtimeMetrics(() => realtime.stats());
 async function route(req: Request): Promise<Response> {
   if (realtime?.handles(req)) return await realtime.handle(req);
   const url = new URL(req.url);
+  if (url.pathname.startsWith("/rest/v1/")) return await handlePostgrest(req);
   const match = /^\/functions\/v1\/([a-z0-9-]+)\/?$/.exec(url.pathname);
   const fn = match ? functions[match[1]] : undefined;
   if (!fn) return error("function_not_found", `No function at ${url.pathname}.`, 404);

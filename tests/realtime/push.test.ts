@@ -4,7 +4,6 @@
 import assert from "node:assert/strict";
 import { createSltrClient, type SltrClient, type StatusChange } from "../../client/mod.ts";
 import { startFunctionsServer, userJwt } from "../functions/_helpers.ts";
-import { postgrestFetch } from "../_lib/postgrest.ts";
 import {
   ANON_KEY,
   API_URL,
@@ -23,13 +22,12 @@ import {
 
 const HERE = { lat: 52.5205, lng: 13.4049 };
 
-/** A user's app: the client module, RPCs through the PostgREST stand-in. */
+/** A user's app: the client module (RPCs through the gateway's PostgREST stand-in). */
 async function app(sql: Sql, userId: string, url = API_URL): Promise<SltrClient> {
   const token = await userJwt(userId);
   return createSltrClient(url, ANON_KEY, {
     accessToken: () => Promise.resolve(token),
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
-    global: { fetch: postgrestFetch(sql) },
     reconnect: { spreadMs: 200 },
   });
 }

@@ -9,9 +9,10 @@ help: ## List the targets
 install: ## Install Debian packages and npm dependencies (idempotent)
 	@$(S)/install.sh
 
-dev: install ## Start the whole local stack; functions and Realtime in the foreground
+dev: install ## Start the whole local stack (bridge, demo driver); functions and Realtime in the foreground
 	@$(S)/stack.sh db
 	@$(S)/stack.sh bridge
+	@$(S)/stack.sh demo
 	@$(S)/stack.sh functions
 
 start: install ## Start the local stack in the background; returns when ready
@@ -53,10 +54,13 @@ BENCH_ARGS ?= --users 50000 --online-ratio 0.1 --duration 60
 bench: start ## Benchmark against the local stack (BENCH_ARGS="--users 1000000 ...")
 	@source $(S)/lib.sh && cd bench/.. && "$$NODE_BIN/deno" run -A bench/run.ts $(BENCH_ARGS)
 
+demo: start ## The demo driver in the foreground: seed users 101-300 come and go (page: /demo/)
+	@source $(S)/lib.sh && cd "$$ROOT" && exec "$$NODE_BIN/deno" run -A demo/driver.ts
+
 try-presence: start ## Seed user 7 tracks presence; seed user 8 sees them nearby, then gone (examples/presence.ts)
 	@source $(S)/lib.sh && "$$NODE_BIN/deno" run -A examples/presence.ts
 
 bench-realtime: start ## Figures of the local Realtime endpoint (BENCH_REALTIME_ARGS="--connections 10000")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/realtime.ts $(BENCH_REALTIME_ARGS)
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime try-presence
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime try-presence demo

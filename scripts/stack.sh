@@ -7,6 +7,7 @@
 #   stack.sh status      NAME=value lines, like `supabase status -o env`
 #   stack.sh functions   serve the functions and Realtime in the foreground (make dev)
 #   stack.sh bridge      start the presence bridge in the background
+#   stack.sh demo        start the demo driver in the background
 . "$(dirname "$0")/lib.sh"
 
 LOG_DIR="$STATE/log"
@@ -128,6 +129,8 @@ functions_env() {
   # The local Realtime endpoint (same process): database broadcasts by logical replication
   # need a direct connection (a pooler cannot replicate).
   export REALTIME_REPLICATION_DB_URL="$DB_URL"
+  # The demo page at /demo/ and its local sign-in (never outside the local stack).
+  export SLTR_DEMO=true
 }
 
 serve_cmd=("$NODE_BIN/deno" run --allow-net --allow-env --allow-read --allow-sys "$ROOT/functions/_serve/main.ts")
@@ -160,6 +163,14 @@ start_bridge() {
   if [ "${1:-}" = wait ]; then
     wait_for "the presence bridge" 150 curl -fsS "http://127.0.0.1:$BRIDGE_HEALTH_PORT/health"
   fi
+}
+
+# The demo driver (make dev): seed users coming and going through the real Realtime path.
+start_demo() {
+  pid_alive "$RUN_DIR/demo.pid" && return 0
+  log "starting the demo driver (seed users 101-300 come and go; page at $API_URL/demo/)"
+  (cd "$ROOT" && exec nohup "$NODE_BIN/deno" run -A "$ROOT/demo/driver.ts" >>"$LOG_DIR/demo.log" 2>&1) &
+  echo $! >"$RUN_DIR/demo.pid"
 }
 
 stop_one() {
@@ -198,12 +209,17 @@ case "${1:-}" in
     prepare_dirs
     start_bridge
     ;;
+  demo)
+    prepare_dirs
+    start_demo
+    ;;
   restart-functions)
     stop_one functions "$RUN_DIR/functions.pid"
     prepare_dirs
     start_functions
     ;;
   stop)
+    stop_one "demo driver" "$RUN_DIR/demo.pid"
     stop_one "presence bridge" "$RUN_DIR/bridge.pid"
     stop_one functions "$RUN_DIR/functions.pid"
     stop_one Redis "$RUN_DIR/redis.pid"
@@ -232,6 +248,8 @@ ENV
     echo "REDIS_STATUS=$(running port_open "$REDIS_PORT")"
     echo "FUNCTIONS_STATUS=$(running curl -fsS "$FUNCTIONS_URL/health")"
     echo "BRIDGE_STATUS=$(running curl -fsS "http://127.0.0.1:$BRIDGE_HEALTH_PORT/health")"
+    echo "DEMO_STATUS=$(running pid_alive "$RUN_DIR/demo.pid")"
+    echo "DEMO_URL=$API_URL/demo/"
     ;;
-  *) die "usage: $0 start|stop|status|functions|bridge|restart-functions" ;;
+  *) die "usage: $0 start|stop|status|functions|bridge|demo|restart-functions" ;;
 esac

@@ -14,7 +14,7 @@ suite() {
 lint() {
   "$NODE_BIN/squawk" "$ROOT"/migrations/*.sql
   local dirs=()
-  for d in functions realtime tests bench client workers examples scripts; do [ -d "$ROOT/$d" ] && dirs+=("$d"); done
+  for d in functions realtime tests bench client workers examples scripts demo; do [ -d "$ROOT/$d" ] && dirs+=("$d"); done
   (cd "$ROOT" && "$NODE_BIN/deno" lint -q && "$NODE_BIN/deno" fmt --check -q && "$NODE_BIN/deno" check -q "${dirs[@]}")
 }
 

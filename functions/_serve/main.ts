@@ -8,6 +8,7 @@ import { error, HttpError, preflight, serveJson } from "../_shared/http.ts";
 import { registerRealtimeMetrics } from "../_shared/metrics.ts";
 import { realtimeConfig } from "../../realtime/config.ts";
 import { RealtimeServer } from "../../realtime/server.ts";
+import { demoEnabled, handleDemo } from "./demo.ts";
 import { handlePostgrest } from "./postgrest.ts";
 import { functions } from "./registry.ts";
 
@@ -24,6 +25,9 @@ async function route(req: Request): Promise<Response> {
   if (realtime?.handles(req)) return await realtime.handle(req);
   const url = new URL(req.url);
   if (url.pathname.startsWith("/rest/v1/")) return await handlePostgrest(req);
+  if (demoEnabled && (url.pathname === "/demo" || url.pathname.startsWith("/demo/"))) {
+    return await handleDemo(req);
+  }
   const match = /^\/functions\/v1\/([a-z0-9-]+)\/?$/.exec(url.pathname);
   const fn = match ? functions[match[1]] : undefined;
   if (!fn) return error("function_not_found", `No function at ${url.pathname}.`, 404);

@@ -6,6 +6,7 @@
 APT_PACKAGES=(
   postgresql-15 postgresql-client-15 postgresql-15-cron postgresql-15-postgis-3
   postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl pgbouncer redis-server curl
+  chromium
 )
 
 missing=()

@@ -57,10 +57,14 @@ bench: start ## Benchmark against the local stack (BENCH_ARGS="--users 1000000 .
 demo: start ## The demo driver in the foreground: seed users 101-300 come and go (page: /demo/)
 	@source $(S)/lib.sh && cd "$$ROOT" && exec "$$NODE_BIN/deno" run -A demo/driver.ts
 
+BENCH_PUSH_ARGS ?= --online 50000 --clients 500 --duration 120
+bench-push: start ## Push costs: inbox vs global topic, latency, messages/s, plan (BENCH_PUSH_ARGS=...)
+	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/push.ts $(BENCH_PUSH_ARGS)
+
 try-presence: start ## Seed user 7 tracks presence; seed user 8 sees them nearby, then gone (examples/presence.ts)
 	@source $(S)/lib.sh && "$$NODE_BIN/deno" run -A examples/presence.ts
 
 bench-realtime: start ## Figures of the local Realtime endpoint (BENCH_REALTIME_ARGS="--connections 10000")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/realtime.ts $(BENCH_REALTIME_ARGS)
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime try-presence demo
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push try-presence demo

@@ -171,3 +171,13 @@ export async function rssMiB(pid: number | "self"): Promise<number> {
   const status = await Deno.readTextFile(`/proc/${pid}/status`);
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
 }
+
+// Several cities, weighted; users are scattered around each with a ~5 km standard deviation.
+export const CITIES = [
+  { name: "Berlin", lat: 52.52, lng: 13.405 },
+  { name: "Paris", lat: 48.857, lng: 2.352 },
+  { name: "London", lat: 51.507, lng: -0.128 },
+  { name: "New York", lat: 40.713, lng: -74.006 },
+  { name: "Sao Paulo", lat: -23.55, lng: -46.633 },
+  { name: "Berlin", lat: 52.52, lng: 13.405 },
+];

@@ -4,7 +4,7 @@
 //   deno run -A bench/run.ts --users 50000 --online-ratio 0.1 --duration 60
 import postgres from "postgres";
 import { SignJWT } from "jose";
-import { Args, Latency, paced, parseArgs, progress, rng, sleep } from "./lib.ts";
+import { Args, CITIES, Latency, paced, parseArgs, progress, rng, sleep } from "./lib.ts";
 import { writeReport } from "./report.ts";
 
 const args: Args = parseArgs(Deno.args);
@@ -17,16 +17,6 @@ const JWT_SECRET = Deno.env.get("SUPABASE_JWT_SECRET") ??
   "super-secret-jwt-token-with-at-least-32-characters-long";
 const WEBHOOK_SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET") ??
   "local-presence-webhook-secret-do-not-use-in-production";
-
-// Several cities, weighted; users are scattered around each with a ~5 km standard deviation.
-const CITIES = [
-  { name: "Berlin", lat: 52.52, lng: 13.405 },
-  { name: "Paris", lat: 48.857, lng: 2.352 },
-  { name: "London", lat: 51.507, lng: -0.128 },
-  { name: "New York", lat: 40.713, lng: -74.006 },
-  { name: "Sao Paulo", lat: -23.55, lng: -46.633 },
-  { name: "Berlin", lat: 52.52, lng: 13.405 },
-];
 
 // The benchmark's own direct connections are named, and left out of the connection counts.
 const BENCH_APP = "sltr-bench-direct";

@@ -1,0 +1,387 @@
+// `make bench-push`: what pushing status to the people who care costs, against the old global
+// topic, at a realistic online population, in one run.
+//
+//   deno run -A bench/push.ts [--online 50000] [--clients 500] [--duration 120] [--warmup 30]
+//
+// Loads `online` online users (and a quarter as many offline ones to come online), each with 20
+// favorites and a nearby screen of 50 users (watch lists), then drives session churn (~20 min
+// sessions) through the signed presence webhook every 250 ms, as the bridge does. `clients` of
+// the online users are real supabase-js clients on the local Realtime endpoint: they join their
+// inbox (watchStatus) and the old global topic, and time what reaches them. The rest are a
+// model: their inbox messages are written and replicated like anyone's (the database and
+// Realtime work is real), nobody reads them. It reports push latency (202 -> callback),
+// messages and bytes delivered per second per 1,000 online users for both designs (the global
+// topic switched on for the run: sltr.presence_global_broadcast), the Realtime plan each needs
+// at this population, and what one push message costs through realtime.send in the ingest
+// transaction versus Realtime's broadcast REST API (one write check per private topic).
+import postgres from "postgres";
+import { createSltrClient, type SltrClient, type StatusChange } from "../client/mod.ts";
+import { signBody } from "../functions/_shared/auth.ts";
+import { localUserJwt } from "../scripts/token.ts";
+import { CITIES, cpuSeconds, Latency, sleep } from "./lib.ts";
+import { PLANS } from "../realtime/config.ts";
+
+const argv = Deno.args;
+const num = (name: string, fallback: number) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(argv[i + 1]) : fallback;
+};
+const ONLINE = num("online", 50_000);
+const OFFLINE = Math.round(ONLINE / 4);
+const TOTAL = ONLINE + OFFLINE;
+const CLIENTS = num("clients", 500);
+const DURATION = num("duration", 120);
+const WARMUP = num("warmup", 30);
+const FAVORITES = 20;
+const SCREEN = 50;
+const OUT = (() => {
+  const i = argv.indexOf("--out");
+  return i >= 0 ? argv[i + 1] : "bench/results";
+})();
+
+const API_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
+const ANON = Deno.env.get("SUPABASE_ANON_KEY")!;
+const SERVICE = Deno.env.get("SUPABASE_SERVICE_ROLE_KEY")!;
+const SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
+const direct = postgres(Deno.env.get("DB_URL")!, {
+  max: 2,
+  onnotice: () => {},
+  connection: { application_name: "sltr-bench-direct" },
+});
+const log = (msg: string) => console.error(`[push bench] ${msg}`);
+const PREFIX = "b1000000-0000-4000-8000-";
+const idOf = (n: number) => `${PREFIX}${n.toString(16).padStart(12, "0")}`;
+
+async function load(): Promise<void> {
+  const t0 = performance.now();
+  await direct`delete from auth.users where email like 'push-%@sltr.bench'`;
+  await direct.begin(async (tx) => {
+    await tx`select setseed(0.17)`;
+    await tx`insert into auth.users (id, aud, role, email)
+             select (${PREFIX} || lpad(to_hex(n), 12, '0'))::uuid, 'authenticated', 'authenticated',
+                    'push-' || n || '@sltr.bench'
+             from generate_series(1, ${TOTAL}::int) as n`;
+    // Users 1..ONLINE are online now (seen a moment ago), the rest offline since an hour.
+    await tx`insert into public.profiles (id, display_name, is_online, latitude, longitude, last_seen_at)
+             select (${PREFIX} || lpad(to_hex(n), 12, '0'))::uuid, 'Push ' || n, n <= ${ONLINE}::int,
+                    c.lat + (random() - 0.5) * 0.1, c.lng + (random() - 0.5) * 0.15,
+                    case when n <= ${ONLINE}::int then now() - interval '5 seconds'
+                         else now() - interval '1 hour' end
+             from generate_series(1, ${TOTAL}::int) as n
+             join jsonb_to_recordset(${tx.json(CITIES.map((c, i) => ({ ...c, i })))}::jsonb)
+               as c(i int, lat float8, lng float8) on c.i = n % ${CITIES.length}::int`;
+    // 20 favorites each, spread over everyone (a hash of the user and the slot).
+    await tx`insert into public.favorites (user_id, favorite_id)
+             select distinct (${PREFIX} || lpad(to_hex(n), 12, '0'))::uuid,
+                    (${PREFIX} || lpad(to_hex(1 + (abs(hashint8(n * 100 + k)) % ${TOTAL}::int)), 12, '0'))::uuid
+             from generate_series(1, ${TOTAL}::int) as n, generate_series(1, ${FAVORITES}::int) as k
+             where 1 + (abs(hashint8(n * 100 + k)) % ${TOTAL}::int) <> n
+             on conflict do nothing`;
+    // Every online user's nearby screen: 50 users of the same city (same n mod cities).
+    await tx`insert into private.presence_watches (watcher_id, watched_id, expires_at)
+             select (${PREFIX} || lpad(to_hex(n), 12, '0'))::uuid,
+                    (${PREFIX} || lpad(to_hex(1 + ((n - 1 + j * ${CITIES.length}::int) % ${TOTAL}::int)), 12, '0'))::uuid,
+                    now() + interval '2 hours'
+             from generate_series(1, ${ONLINE}::int) as n, generate_series(1, ${SCREEN}::int) as j
+             on conflict do nothing`;
+  });
+  await direct`analyze public.profiles`;
+  await direct`analyze public.favorites`;
+  await direct`analyze private.presence_watches`;
+  log(
+    `loaded ${TOTAL} users (${ONLINE} online) with watch lists in ${
+      ((performance.now() - t0) / 1000).toFixed(1)
+    } s`,
+  );
+}
+
+interface Client {
+  n: number;
+  app: SltrClient;
+  received: number;
+  bytes: number;
+  globalMessages: number;
+  globalBytes: number;
+}
+
+/** Sent events by `${user_id}|${is_online}|${epoch ms}`: when the request went, when 202 came. */
+const sent = new Map<string, { requestAt: number; acceptedAt?: number }>();
+const pushLatency = new Latency();
+const pushFromRequest = new Latency();
+const globalLatency = new Latency();
+let measuring = false;
+
+function record(change: StatusChange, at: number, h: Latency, from: "accepted" | "request") {
+  const key = `${change.user_id}|${change.is_online}|${Date.parse(change.last_seen_at ?? "")}`;
+  const s = sent.get(key);
+  if (!s || !measuring) return;
+  if (from === "request") {
+    pushFromRequest.recordMs(at - s.requestAt);
+    // A push is committed with the batch, so it may arrive before the 202 does.
+    if (s.acceptedAt !== undefined) h.recordMs(Math.max(0, at - s.acceptedAt));
+    else h.recordMs(0);
+  } else if (s.acceptedAt !== undefined) h.recordMs(at - s.acceptedAt);
+}
+
+async function startClients(): Promise<Client[]> {
+  const clients: Client[] = [];
+  for (let i = 0; i < CLIENTS; i += 50) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(50, CLIENTS - i) }, async (_, k) => {
+        const n = i + k + 1;
+        const token = await localUserJwt(idOf(n));
+        const app = createSltrClient(API_URL, ANON, {
+          accessToken: () => Promise.resolve(token),
+          auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+          realtimeService: { favorites: () => Promise.resolve([]) },
+        });
+        const c: Client = { n, app, received: 0, bytes: 0, globalMessages: 0, globalBytes: 0 };
+        let first = true;
+        app.realtime.watchStatus((changes) => {
+          if (first) return void (first = false); // the re-read on join
+          const now = performance.now();
+          if (measuring) {
+            c.received++;
+            c.bytes += JSON.stringify({ changes }).length;
+          }
+          for (const change of changes) record(change, now, pushLatency, "request");
+        });
+        app.realtime.onStatusChanges((changes) => {
+          const now = performance.now();
+          if (measuring) {
+            c.globalMessages++;
+            c.globalBytes += JSON.stringify({ changes }).length;
+          }
+          for (const change of changes) record(change, now, globalLatency, "accepted");
+        });
+        return c;
+      }),
+    );
+    clients.push(...batch);
+    await sleep(200);
+  }
+  return clients;
+}
+
+/** Session churn as the bridge would deliver it: ~20 min sessions, one batch per 250 ms. */
+async function churn(until: () => boolean) {
+  const online = Array.from({ length: ONLINE }, (_, i) => i + 1);
+  const offline = Array.from({ length: OFFLINE }, (_, i) => ONLINE + i + 1);
+  const perTick = ONLINE / 1200 / 4; // leaves per 250 ms, and as many arrivals
+  let carry = 0;
+  const webhook = new Latency();
+  let events = 0;
+  let next = performance.now();
+  while (!until()) {
+    carry += perTick;
+    const k = Math.floor(carry);
+    carry -= k;
+    const batch: { user_id: string; status: string; at: string }[] = [];
+    const at = new Date();
+    for (let i = 0; i < k; i++) {
+      // Real clients stay online: they are the ones listening.
+      const li = CLIENTS + Math.floor(Math.random() * (online.length - CLIENTS));
+      const leaving = online[li];
+      const ai = Math.floor(Math.random() * offline.length);
+      const arriving = offline[ai];
+      online[li] = arriving;
+      offline[ai] = leaving;
+      batch.push({ user_id: idOf(leaving), status: "offline", at: at.toISOString() });
+      batch.push({ user_id: idOf(arriving), status: "online", at: at.toISOString() });
+    }
+    if (batch.length) {
+      const body = JSON.stringify({ events: batch });
+      const requestAt = performance.now();
+      const keys = batch.map((e) => `${e.user_id}|${e.status === "online"}|${at.getTime()}`);
+      for (const key of keys) sent.set(key, { requestAt });
+      const res = await fetch(`${API_URL}/functions/v1/presence-webhook`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "x-sltr-signature": await signBody(SECRET, body),
+        },
+        body,
+      });
+      await res.arrayBuffer();
+      const acceptedAt = performance.now();
+      for (const key of keys) sent.get(key)!.acceptedAt = acceptedAt;
+      if (measuring) {
+        webhook.recordMs(acceptedAt - requestAt, res.status);
+        events += batch.length;
+      }
+    }
+    next += 250;
+    const wait = next - performance.now();
+    if (wait > 0) await sleep(wait);
+    else next = performance.now();
+  }
+  return { webhook: webhook.summary(), events };
+}
+
+/** What one push message costs: realtime.send in a transaction vs the REST batch endpoint. */
+async function deliveryCost(n: number) {
+  const topics = Array.from({ length: n }, (_, i) => `presence:user:${idOf(ONLINE - i)}`);
+  const payload = {
+    changes: [{ user_id: idOf(1), is_online: true, last_seen_at: new Date().toISOString() }],
+  };
+  const statements = async () =>
+    Number(
+      (await direct`select coalesce(sum(calls), 0)::bigint as n from extensions.pg_stat_statements`)[
+        0
+      ].n,
+    );
+  const s0 = await statements();
+  const t0 = performance.now();
+  await direct.begin(async (tx) => {
+    for (const topic of topics) {
+      await tx`select realtime.send(${tx.json(payload)}, 'status_changes', ${topic}, true)`;
+    }
+  });
+  const dbMs = performance.now() - t0;
+  const s1 = await statements();
+  const tSet = performance.now();
+  await direct`insert into realtime.messages (id, topic, extension, event, payload, private)
+               select id, topic, 'broadcast', 'status_changes', ${
+    direct.json(payload)
+  }::jsonb || jsonb_build_object('id', id), true
+               from (select gen_random_uuid() as id, unnest(${topics}::text[]) as topic) as t`;
+  const setMs = performance.now() - tSet;
+  const sSet = await statements();
+  const t1 = performance.now();
+  const res = await fetch(`${API_URL}/realtime/v1/api/broadcast`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${SERVICE}`, "content-type": "application/json" },
+    body: JSON.stringify({
+      messages: topics.map((topic) => ({ topic, event: "status_changes", payload, private: true })),
+    }),
+  });
+  await res.arrayBuffer();
+  const restMs = performance.now() - t1;
+  const s2 = await statements();
+  return {
+    messages: n,
+    realtime_send_per_message: {
+      ms_per_message: round(dbMs / n, 3),
+      statements_per_message: round((s1 - s0 - 1) / n, 2),
+    },
+    one_insert_for_all_in_transaction: {
+      ms_per_message: round(setMs / n, 3),
+      statements_per_message: round((sSet - s1 - 1) / n, 2),
+    },
+    rest_broadcast_private: {
+      status: res.status,
+      ms_per_message: round(restMs / n, 3),
+      statements_per_message: round((s2 - sSet - 1) / n, 2),
+    },
+  };
+}
+
+function round(x: number, digits = 1): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+async function windowCounts(since: Date) {
+  const [inbox] = await direct`
+    select count(*)::int as messages, coalesce(sum(octet_length(payload::text)), 0)::bigint as bytes
+    from realtime.messages
+    where topic like ${"presence:user:" + PREFIX + "%"} and inserted_at >= ${since}::timestamp`;
+  const [global] = await direct`
+    select count(*)::int as messages, coalesce(sum(octet_length(payload::text)), 0)::bigint as bytes
+    from realtime.messages where topic = 'presence:changes' and inserted_at >= ${since}::timestamp`;
+  const flushes = await direct`
+    select extract(epoch from end_time - start_time) * 1000 as ms from cron.job_run_details as d
+    join cron.job as j using (jobid)
+    where j.jobname = 'presence-flush' and d.start_time >= ${since} and d.status = 'succeeded'`;
+  return {
+    inbox: { messages: inbox.messages, bytes: Number(inbox.bytes) },
+    global: { messages: global.messages, bytes: Number(global.bytes) },
+    flush_ms: flushes.map((f) => round(Number(f.ms))),
+  };
+}
+
+function planFor(messagesPerSecond: number, connections: number): string {
+  const fits = (p: keyof typeof PLANS) =>
+    messagesPerSecond <= PLANS[p].maxEventsPerSecond && connections <= PLANS[p].maxConcurrentUsers;
+  if (fits("pro")) return "Pro";
+  if (fits("team")) return "Team";
+  return "Enterprise";
+}
+
+// ---- the run ----
+await load();
+const clientsStarted = performance.now();
+const clients = await startClients();
+log(
+  `${clients.length} real clients joined in ${
+    ((performance.now() - clientsStarted) / 1000).toFixed(1)
+  } s`,
+);
+await direct`alter database postgres set sltr.presence_global_broadcast = 'on'`;
+const serverPid = Number(
+  (await Deno.readTextFile(`${Deno.env.get("SLTR_ROOT") ?? "."}/.state/run/functions.pid`)).trim(),
+);
+let stop = false;
+const churning = churn(() => stop);
+log(`warm-up ${WARMUP} s`);
+await sleep(WARMUP * 1000);
+measuring = true;
+const since = new Date();
+const cpu0 = await cpuSeconds(serverPid);
+log(`measuring ${DURATION} s`);
+await sleep(DURATION * 1000);
+measuring = false;
+const cpu = await cpuSeconds(serverPid) - cpu0;
+// Give the last global flush of the window time to arrive, then stop.
+await sleep(2000);
+stop = true;
+const { webhook, events } = await churning;
+await direct`alter database postgres reset sltr.presence_global_broadcast`;
+const counts = await windowCounts(since);
+const cost = await deliveryCost(200);
+
+const perSecondPer1000 = (x: number) => round((x / DURATION) / (ONLINE / 1000), 2);
+// Global: every message reaches every online signed-in client.
+const globalDelivered = counts.global.messages * ONLINE;
+const globalBytes = counts.global.bytes * ONLINE;
+const inboxPerSecond = counts.inbox.messages / DURATION;
+const report = {
+  when: new Date().toISOString(),
+  machine:
+    `${navigator.hardwareConcurrency} cores; Postgres, Redis, functions + Realtime, the load generator and ${CLIENTS} supabase-js clients on one machine`,
+  online_users: ONLINE,
+  watch_sets: { favorites_per_user: FAVORITES, screen_per_online_user: SCREEN },
+  real_clients: clients.length,
+  duration_s: DURATION,
+  status_changes_per_second: round(events / DURATION),
+  webhook: webhook,
+  functions_and_realtime_cpu_ms_per_status_change: round((cpu * 1000) / Math.max(1, events), 3),
+  inbox: {
+    push_latency_202_to_callback: pushLatency.summary(),
+    push_latency_request_to_callback: pushFromRequest.summary(),
+    messages_per_second: round(inboxPerSecond),
+    messages_per_second_per_1000_online: perSecondPer1000(counts.inbox.messages),
+    bytes_per_second_per_1000_online: perSecondPer1000(counts.inbox.bytes),
+    real_clients_received: clients.reduce((n, c) => n + c.received, 0),
+    realtime_plan_at_this_population: planFor(inboxPerSecond, ONLINE),
+  },
+  global_topic: {
+    latency_202_to_callback: globalLatency.summary(),
+    broadcasts_in_window: counts.global.messages,
+    messages_per_second_per_1000_online: perSecondPer1000(globalDelivered),
+    bytes_per_second_per_1000_online: perSecondPer1000(globalBytes),
+    real_clients_received: clients.reduce((n, c) => n + c.globalMessages, 0),
+    flush_ms_with_global_broadcast: counts.flush_ms,
+    realtime_plan_at_this_population: planFor(globalDelivered / DURATION, ONLINE),
+  },
+  delivery_cost: cost,
+};
+await Deno.mkdir(OUT, { recursive: true });
+const file = `${OUT}/push-${report.when.slice(0, 10)}-${ONLINE}.json`;
+await Deno.writeTextFile(file, JSON.stringify(report, null, 2) + "\n");
+console.log(JSON.stringify(report, null, 2));
+log(`written to ${file}`);
+for (const c of clients) await c.app.realtime.close().catch(() => {});
+await direct`delete from auth.users where email like 'push-%@sltr.bench'`;
+await direct.end();
+Deno.exit(0);

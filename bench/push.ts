@@ -9,11 +9,13 @@
 // the online users are real supabase-js clients on the local Realtime endpoint: they join their
 // inbox (watchStatus) and the old global topic, and time what reaches them. The rest are a
 // model: their inbox messages are written and replicated like anyone's (the database and
-// Realtime work is real), nobody reads them. It reports push latency (202 -> callback),
-// messages and bytes delivered per second per 1,000 online users for both designs (the global
-// topic switched on for the run: sltr.presence_global_broadcast), the Realtime plan each needs
-// at this population, and what one push message costs through realtime.send in the ingest
-// transaction versus Realtime's broadcast REST API (one write check per private topic).
+// Realtime work is real), nobody reads them. Two measured phases in one run: the inboxes alone
+// (the design), then with the old global topic switched on (sltr.presence_global_broadcast)
+// beside them. It reports push latency (202 -> callback, and request -> callback), messages
+// and bytes delivered per second per 1,000 online users for both designs, the Realtime plan
+// each needs at this population, and what one push message costs three ways: realtime.send per
+// message, one insert for all (what push_status_changes does), Realtime's broadcast REST API
+// (one write check per private topic).
 import postgres from "postgres";
 import { createSltrClient, type SltrClient, type StatusChange } from "../client/mod.ts";
 import { signBody } from "../functions/_shared/auth.ts";
@@ -98,29 +100,34 @@ async function load(): Promise<void> {
 interface Client {
   n: number;
   app: SltrClient;
-  received: number;
-  bytes: number;
-  globalMessages: number;
-  globalBytes: number;
 }
 
 /** Sent events by `${user_id}|${is_online}|${epoch ms}`: when the request went, when 202 came. */
 const sent = new Map<string, { requestAt: number; acceptedAt?: number }>();
-const pushLatency = new Latency();
-const pushFromRequest = new Latency();
-const globalLatency = new Latency();
-let measuring = false;
 
-function record(change: StatusChange, at: number, h: Latency, from: "accepted" | "request") {
+/** What one measured phase saw. */
+class Phase {
+  readonly webhook = new Latency();
+  readonly push = new Latency();
+  readonly pushFromRequest = new Latency();
+  readonly global = new Latency();
+  events = 0;
+  received = 0;
+  globalReceived = 0;
+  since = new Date();
+  cpuSeconds = 0;
+}
+let phase: Phase | undefined;
+
+function record(change: StatusChange, at: number, kind: "inbox" | "global") {
   const key = `${change.user_id}|${change.is_online}|${Date.parse(change.last_seen_at ?? "")}`;
   const s = sent.get(key);
-  if (!s || !measuring) return;
-  if (from === "request") {
-    pushFromRequest.recordMs(at - s.requestAt);
-    // A push is committed with the batch, so it may arrive before the 202 does.
-    if (s.acceptedAt !== undefined) h.recordMs(Math.max(0, at - s.acceptedAt));
-    else h.recordMs(0);
-  } else if (s.acceptedAt !== undefined) h.recordMs(at - s.acceptedAt);
+  if (!s || !phase) return;
+  if (kind === "inbox") {
+    phase.pushFromRequest.recordMs(at - s.requestAt);
+    // A push is committed with the batch, so it may arrive before the 202 does: 0 then.
+    phase.push.recordMs(s.acceptedAt === undefined ? 0 : Math.max(0, at - s.acceptedAt));
+  } else if (s.acceptedAt !== undefined) phase.global.recordMs(at - s.acceptedAt);
 }
 
 async function startClients(): Promise<Client[]> {
@@ -135,24 +142,18 @@ async function startClients(): Promise<Client[]> {
           auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
           realtimeService: { favorites: () => Promise.resolve([]) },
         });
-        const c: Client = { n, app, received: 0, bytes: 0, globalMessages: 0, globalBytes: 0 };
+        const c: Client = { n, app };
         let first = true;
         app.realtime.watchStatus((changes) => {
           if (first) return void (first = false); // the re-read on join
           const now = performance.now();
-          if (measuring) {
-            c.received++;
-            c.bytes += JSON.stringify({ changes }).length;
-          }
-          for (const change of changes) record(change, now, pushLatency, "request");
+          if (phase) phase.received++;
+          for (const change of changes) record(change, now, "inbox");
         });
         app.realtime.onStatusChanges((changes) => {
           const now = performance.now();
-          if (measuring) {
-            c.globalMessages++;
-            c.globalBytes += JSON.stringify({ changes }).length;
-          }
-          for (const change of changes) record(change, now, globalLatency, "accepted");
+          if (phase) phase.globalReceived++;
+          for (const change of changes) record(change, now, "global");
         });
         return c;
       }),
@@ -169,8 +170,6 @@ async function churn(until: () => boolean) {
   const offline = Array.from({ length: OFFLINE }, (_, i) => ONLINE + i + 1);
   const perTick = ONLINE / 1200 / 4; // leaves per 250 ms, and as many arrivals
   let carry = 0;
-  const webhook = new Latency();
-  let events = 0;
   let next = performance.now();
   while (!until()) {
     carry += perTick;
@@ -205,9 +204,9 @@ async function churn(until: () => boolean) {
       await res.arrayBuffer();
       const acceptedAt = performance.now();
       for (const key of keys) sent.get(key)!.acceptedAt = acceptedAt;
-      if (measuring) {
-        webhook.recordMs(acceptedAt - requestAt, res.status);
-        events += batch.length;
+      if (phase) {
+        phase.webhook.recordMs(acceptedAt - requestAt, res.status);
+        phase.events += batch.length;
       }
     }
     next += 250;
@@ -215,7 +214,6 @@ async function churn(until: () => boolean) {
     if (wait > 0) await sleep(wait);
     else next = performance.now();
   }
-  return { webhook: webhook.summary(), events };
 }
 
 /** What one push message costs: realtime.send in a transaction vs the REST batch endpoint. */
@@ -281,18 +279,21 @@ function round(x: number, digits = 1): number {
   return Math.round(x * f) / f;
 }
 
-async function windowCounts(since: Date) {
+async function windowCounts(since: Date, until: Date) {
   const [inbox] = await direct`
     select count(*)::int as messages, coalesce(sum(octet_length(payload::text)), 0)::bigint as bytes
     from realtime.messages
-    where topic like ${"presence:user:" + PREFIX + "%"} and inserted_at >= ${since}::timestamp`;
+    where topic like ${"presence:user:" + PREFIX + "%"}
+      and inserted_at >= ${since}::timestamp and inserted_at < ${until}::timestamp`;
   const [global] = await direct`
     select count(*)::int as messages, coalesce(sum(octet_length(payload::text)), 0)::bigint as bytes
-    from realtime.messages where topic = 'presence:changes' and inserted_at >= ${since}::timestamp`;
+    from realtime.messages where topic = 'presence:changes'
+      and inserted_at >= ${since}::timestamp and inserted_at < ${until}::timestamp`;
   const flushes = await direct`
     select extract(epoch from end_time - start_time) * 1000 as ms from cron.job_run_details as d
     join cron.job as j using (jobid)
-    where j.jobname = 'presence-flush' and d.start_time >= ${since} and d.status = 'succeeded'`;
+    where j.jobname = 'presence-flush' and d.start_time >= ${since} and d.start_time < ${until}
+      and d.status = 'succeeded'`;
   return {
     inbox: { messages: inbox.messages, bytes: Number(inbox.bytes) },
     global: { messages: global.messages, bytes: Number(global.bytes) },
@@ -317,34 +318,59 @@ log(
     ((performance.now() - clientsStarted) / 1000).toFixed(1)
   } s`,
 );
-await direct`alter database postgres set sltr.presence_global_broadcast = 'on'`;
 const serverPid = Number(
   (await Deno.readTextFile(`${Deno.env.get("SLTR_ROOT") ?? "."}/.state/run/functions.pid`)).trim(),
 );
+
+/** Runs one measured phase of DURATION seconds. */
+async function measure(
+  name: string,
+): Promise<{ stats: Phase; counts: Awaited<ReturnType<typeof windowCounts>> }> {
+  const stats = new Phase();
+  const cpu0 = await cpuSeconds(serverPid);
+  phase = stats;
+  log(`${name}: measuring ${DURATION} s`);
+  await sleep(DURATION * 1000);
+  phase = undefined;
+  stats.cpuSeconds = await cpuSeconds(serverPid) - cpu0;
+  await sleep(2000); // what was sent in the window arrives
+  return {
+    stats,
+    counts: await windowCounts(stats.since, new Date(stats.since.getTime() + DURATION * 1000)),
+  };
+}
+
 let stop = false;
 const churning = churn(() => stop);
 log(`warm-up ${WARMUP} s`);
 await sleep(WARMUP * 1000);
-measuring = true;
-const since = new Date();
-const cpu0 = await cpuSeconds(serverPid);
-log(`measuring ${DURATION} s`);
-await sleep(DURATION * 1000);
-measuring = false;
-const cpu = await cpuSeconds(serverPid) - cpu0;
-// Give the last global flush of the window time to arrive, then stop.
-await sleep(2000);
+const inboxOnly = await measure("inboxes only (the design)");
+await direct`alter database postgres set sltr.presence_global_broadcast = 'on'`;
+const both = await measure("inboxes and the old global topic");
 stop = true;
-const { webhook, events } = await churning;
+await churning;
 await direct`alter database postgres reset sltr.presence_global_broadcast`;
-const counts = await windowCounts(since);
 const cost = await deliveryCost(200);
 
 const perSecondPer1000 = (x: number) => round((x / DURATION) / (ONLINE / 1000), 2);
+const inboxSummary = (p: { stats: Phase; counts: Awaited<ReturnType<typeof windowCounts>> }) => ({
+  status_changes_per_second: round(p.stats.events / DURATION),
+  webhook: p.stats.webhook.summary(),
+  functions_and_realtime_cpu_ms_per_status_change: round(
+    (p.stats.cpuSeconds * 1000) / Math.max(1, p.stats.events),
+    3,
+  ),
+  push_latency_202_to_callback: p.stats.push.summary(),
+  push_latency_request_to_callback: p.stats.pushFromRequest.summary(),
+  messages_per_second: round(p.counts.inbox.messages / DURATION),
+  messages_per_second_per_1000_online: perSecondPer1000(p.counts.inbox.messages),
+  bytes_per_second_per_1000_online: perSecondPer1000(p.counts.inbox.bytes),
+  real_clients_received: p.stats.received,
+  flush_ms: p.counts.flush_ms,
+  realtime_plan_at_this_population: planFor(p.counts.inbox.messages / DURATION, ONLINE),
+});
 // Global: every message reaches every online signed-in client.
-const globalDelivered = counts.global.messages * ONLINE;
-const globalBytes = counts.global.bytes * ONLINE;
-const inboxPerSecond = counts.inbox.messages / DURATION;
+const globalDelivered = both.counts.global.messages * ONLINE;
 const report = {
   when: new Date().toISOString(),
   machine:
@@ -352,26 +378,16 @@ const report = {
   online_users: ONLINE,
   watch_sets: { favorites_per_user: FAVORITES, screen_per_online_user: SCREEN },
   real_clients: clients.length,
-  duration_s: DURATION,
-  status_changes_per_second: round(events / DURATION),
-  webhook: webhook,
-  functions_and_realtime_cpu_ms_per_status_change: round((cpu * 1000) / Math.max(1, events), 3),
-  inbox: {
-    push_latency_202_to_callback: pushLatency.summary(),
-    push_latency_request_to_callback: pushFromRequest.summary(),
-    messages_per_second: round(inboxPerSecond),
-    messages_per_second_per_1000_online: perSecondPer1000(counts.inbox.messages),
-    bytes_per_second_per_1000_online: perSecondPer1000(counts.inbox.bytes),
-    real_clients_received: clients.reduce((n, c) => n + c.received, 0),
-    realtime_plan_at_this_population: planFor(inboxPerSecond, ONLINE),
-  },
+  duration_s_per_phase: DURATION,
+  inbox: inboxSummary(inboxOnly),
+  inbox_while_the_global_topic_is_on: inboxSummary(both),
   global_topic: {
-    latency_202_to_callback: globalLatency.summary(),
-    broadcasts_in_window: counts.global.messages,
+    latency_202_to_callback: both.stats.global.summary(),
+    broadcasts_in_window: both.counts.global.messages,
     messages_per_second_per_1000_online: perSecondPer1000(globalDelivered),
-    bytes_per_second_per_1000_online: perSecondPer1000(globalBytes),
-    real_clients_received: clients.reduce((n, c) => n + c.globalMessages, 0),
-    flush_ms_with_global_broadcast: counts.flush_ms,
+    bytes_per_second_per_1000_online: perSecondPer1000(both.counts.global.bytes * ONLINE),
+    real_clients_received: both.stats.globalReceived,
+    flush_ms_with_global_broadcast: both.counts.flush_ms,
     realtime_plan_at_this_population: planFor(globalDelivered / DURATION, ONLINE),
   },
   delivery_cost: cost,

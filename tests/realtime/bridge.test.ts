@@ -326,3 +326,22 @@ Deno.test("a_long_outage_keeps_every_leave_and_resyncs_who_is_online_after", asy
   }
   assert.equal(bridge.stats().dropped, 0);
 });
+
+Deno.test("delivered_batches_start_at_least_the_flush_interval_apart_so_pushes_coalesce", async () => {
+  const starts: number[] = [];
+  const sender = {
+    send: (events: PresenceEvent[]): Promise<Outcome> => {
+      starts.push(performance.now());
+      return Promise.resolve({ kind: "sent", accepted: events.length, ignored: 0 });
+    },
+  };
+  const bridge = new PresenceBridge({ sender, verifyProof, log: quiet, flushIntervalMs: 250 });
+  bridge.enqueue([on(A, 1)]);
+  await bridge.flush();
+  bridge.enqueue([off(A, 2)]); // a burst right after: waits for the interval
+  await bridge.flush();
+  bridge.enqueue([on(A, 3)]);
+  await bridge.flush();
+  assert.equal(starts.length, 3);
+  assert.ok(starts[1] - starts[0] >= 245 && starts[2] - starts[1] >= 245, `${starts}`);
+});

@@ -92,6 +92,7 @@ export class PresenceBridge {
   private refreshTimer?: ReturnType<typeof setInterval>;
   private pumping?: Promise<void>;
   private attempt = 0;
+  private lastRequestAt = -Infinity;
   /** Events per request: maxBatchEvents, smaller only while isolating a refused event. */
   private batchLimit: number;
   private resyncWanted = false;
@@ -166,9 +167,20 @@ export class PresenceBridge {
 
   private async pump(): Promise<void> {
     while (this.buffer.size > 0 && !this.abort.signal.aborted) {
+      // Requests start at least flushIntervalMs apart, so a status push (one per watcher per
+      // batch) reaches each watcher at most once per interval; only a backlog of more than a
+      // full batch (catching up after an outage) is sent back to back.
+      const wait = this.lastRequestAt + this.o.flushIntervalMs - performance.now();
+      if (wait > 0 && this.buffer.size <= this.o.maxBatchEvents) {
+        await abortableSleep(wait, this.abort.signal);
+        continue;
+      }
+      const startedAt = performance.now();
       const batch = this.buffer.take(this.batchLimit, this.o.maxBatchBytes);
       this.counts.requests++;
       const outcome = await this.options.sender.send(batch);
+      // Only delivered batches push; retries follow their own backoff.
+      this.lastRequestAt = outcome.kind === "sent" ? startedAt : -Infinity;
       if (outcome.kind === "sent") {
         this.attempt = 0;
         this.batchLimit = this.o.maxBatchEvents;

@@ -12,10 +12,16 @@ export interface Claims {
 
 let key: Uint8Array | undefined;
 
+/** A project JWT: HS256 with the project secret, `exp` required (and in the future), a `role`,
+ * and the configured issuer when SUPABASE_JWT_ISSUER is set. */
 export async function verifyJwt(token: string): Promise<Claims> {
   key ??= new TextEncoder().encode(env().jwtSecret);
   try {
-    const { payload } = await jwtVerify(token, key, { algorithms: ["HS256"] });
+    const { payload } = await jwtVerify(token, key, {
+      algorithms: ["HS256"],
+      requiredClaims: ["exp"],
+      ...(env().jwtIssuer ? { issuer: env().jwtIssuer } : {}),
+    });
     if (typeof payload.role !== "string") throw new Error("no role claim");
     return payload as Claims;
   } catch {
@@ -44,13 +50,23 @@ export async function requireJwt(req: Request): Promise<Claims> {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** A signed-in user (role authenticated with a uuid subject). */
+/** A signed-in user with a real account: role and audience `authenticated`, a uuid subject,
+ * not an anonymous sign-in (GoTrue's `is_anonymous`). */
 export async function requireUser(req: Request): Promise<Claims & { sub: string }> {
   const claims = await requireJwt(req);
+  const aud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
   if (
-    claims.role !== "authenticated" || typeof claims.sub !== "string" || !UUID.test(claims.sub)
+    claims.role !== "authenticated" || !aud.includes("authenticated") ||
+    typeof claims.sub !== "string" || !UUID.test(claims.sub)
   ) {
     throw new HttpError(401, "user_jwt_required", "A signed-in user's JWT is required.");
+  }
+  if (claims.is_anonymous === true) {
+    throw new HttpError(
+      403,
+      "account_required",
+      "Anonymous sign-ins cannot do this; sign in with an account.",
+    );
   }
   return claims as Claims & { sub: string };
 }

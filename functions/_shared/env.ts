@@ -17,6 +17,8 @@ export interface Env {
   /** Connections this process keeps open to the pooler. */
   dbPoolSize: number;
   jwtSecret: string;
+  /** When set (SUPABASE_JWT_ISSUER, e.g. https://<ref>.supabase.co/auth/v1), JWTs must carry it. */
+  jwtIssuer: string | undefined;
   redisUrl: string | undefined;
   presenceWebhookSecret: string | undefined;
   sentryDsn: string | undefined;
@@ -38,6 +40,7 @@ export function env(): Env {
     dbUrl: required("SUPABASE_DB_URL"),
     dbPoolSize: Number(optional("SLTR_DB_POOL_SIZE") ?? "10"),
     jwtSecret: required("SUPABASE_JWT_SECRET"),
+    jwtIssuer: optional("SUPABASE_JWT_ISSUER"),
     redisUrl: optional("REDIS_URL"),
     presenceWebhookSecret: optional("PRESENCE_WEBHOOK_SECRET"),
     sentryDsn: optional("SENTRY_DSN"),

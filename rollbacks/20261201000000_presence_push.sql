@@ -9,9 +9,8 @@ set local statement_timeout = '5min';
 
 do $$
 begin
-  if to_regnamespace('cron') is not null
-    and exists (select from cron.job where jobname = 'presence-watches-expire') then
-    perform cron.unschedule('presence-watches-expire');
+  if to_regnamespace('cron') is not null then
+    perform cron.unschedule(j.jobid) from cron.job as j where j.jobname = 'presence-watches-expire';
   end if;
 end
 $$;

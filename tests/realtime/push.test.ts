@@ -14,7 +14,6 @@ import {
   eventually,
   onlineMap,
   sleep,
-  type Sql,
   subscribed,
   test,
   userClient,
@@ -23,7 +22,7 @@ import {
 const HERE = { lat: 52.5205, lng: 13.4049 };
 
 /** A user's app: the client module (RPCs through the gateway's PostgREST stand-in). */
-async function app(sql: Sql, userId: string, url = API_URL): Promise<SltrClient> {
+async function app(userId: string, url = API_URL): Promise<SltrClient> {
   const token = await userJwt(userId);
   return createSltrClient(url, ANON_KEY, {
     accessToken: () => Promise.resolve(token),
@@ -53,7 +52,7 @@ function inbox(a: SltrClient) {
 test("a_watcher_hears_a_status_change_within_a_second_and_a_bystander_nothing", async () => {
   const sql = database();
   const [ann, bob, cat] = await createUsers(sql, "push-e2e", 3, HERE);
-  const [a, b, c] = await Promise.all([ann, bob, cat].map((id) => app(sql, id)));
+  const [a, b, c] = await Promise.all([ann, bob, cat].map((id) => app(id)));
   try {
     // ann and cat are online and listening; ann watches bob from her nearby screen.
     await a.realtime.trackPresence(ann, HERE);
@@ -97,8 +96,8 @@ test("a_watcher_hears_a_status_change_within_a_second_and_a_bystander_nothing", 
 test("favorites_are_watched_without_asking", async () => {
   const sql = database();
   const [ann, dan] = await createUsers(sql, "push-favorite", 2, HERE);
-  const a = await app(sql, ann);
-  const d = await app(sql, dan);
+  const a = await app(ann);
+  const d = await app(dan);
   try {
     await sql`insert into public.favorites (user_id, favorite_id) values (${ann}, ${dan})`;
     await a.realtime.trackPresence(ann, HERE);
@@ -151,7 +150,7 @@ test("after_the_endpoint_restarts_the_inbox_rejoins_and_nothing_is_missed", asyn
   // himself online through the stack while ann's endpoint is down.
   let server = await startFunctionsServer({});
   const port = Number(new URL(server.url).port);
-  const a = await app(sql, ann, `http://127.0.0.1:${port}`);
+  const a = await app(ann, `http://127.0.0.1:${port}`);
   try {
     const annInbox = inbox(a);
     await annInbox.joined();

@@ -93,6 +93,8 @@ export interface RealtimeServiceOptions {
   /** The user's favorites, watched always, for the re-read after a (re)join (default: the
    * favorites table through the API). */
   favorites?: () => Promise<string[]>;
+  /** How often an open screen's watch list is renewed (default 5 minutes; it expires in 10). */
+  watchRenewMs?: number;
   log?: (msg: string, data?: unknown) => void;
   random?: () => number;
 }
@@ -166,6 +168,7 @@ export class RealtimeService {
   private readonly presenceLimit: { maxCalls: number; windowMs: number };
   private readonly ticket: () => Promise<PresenceTicket>;
   private readonly favorites: () => Promise<string[]>;
+  private readonly watchRenewMs: number;
   private readonly api: SltrApi;
   /** The open screens' watch lists (watch()). */
   private readonly screens = new Set<{ ids: string[] }>();
@@ -185,6 +188,7 @@ export class RealtimeService {
     this.api = new SltrApi(supabase);
     this.ticket = options.ticket ?? (() => this.api.presenceTicket());
     this.favorites = options.favorites ?? (() => this.api.favoriteIds());
+    this.watchRenewMs = options.watchRenewMs ?? WATCH_RENEW_MS;
     this.log = options.log ?? (() => {});
   }
 
@@ -297,7 +301,10 @@ export class RealtimeService {
     // One call at a time, in order: the last list sent is the one the server keeps.
     this.watchCall = this.watchCall.catch(() => 0).then(() => this.api.watchPresence(ids));
     if (this.screens.size > 0) {
-      this.watchTimer = setTimeout(() => void this.sendWatchList().catch(() => 0), WATCH_RENEW_MS);
+      this.watchTimer = setTimeout(
+        () => void this.sendWatchList().catch(() => 0),
+        this.watchRenewMs,
+      );
     }
     return this.watchCall;
   }

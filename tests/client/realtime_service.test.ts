@@ -13,7 +13,9 @@ import { startFunctionsServer, userJwt } from "../functions/_helpers.ts";
 import {
   client,
   closeClient,
+  createUsers,
   database,
+  deleteUsers,
   eventually,
   SERVICE_ROLE_KEY,
   sleep,
@@ -236,5 +238,31 @@ test("after_the_endpoint_restarts_channels_rejoin_and_presence_is_tracked_again"
     await realtime.close();
     server.child.kill();
     await server.child.status;
+  }
+});
+
+test("a_screens_watch_list_is_renewed_while_open_and_cleared_when_it_closes", async () => {
+  const sql = database();
+  const [ann, bob, cat] = await createUsers(sql, "watch-renew", 3);
+  const supabase = client(undefined, { token: () => userJwt(ann) });
+  const realtime = new RealtimeService(supabase, { watchRenewMs: 300 });
+  const expiry = async () =>
+    (await sql`select max(expires_at) as at from private.presence_watches where watcher_id = ${ann}`)[
+      0
+    ]
+      .at as Date | null;
+  try {
+    const grid = realtime.watch([bob]);
+    const chat = realtime.watch([cat, bob]);
+    assert.equal(await chat.ready, 2, "both screens, each user once");
+    const first = (await expiry())!;
+    await eventually(async () => ((await expiry())?.getTime() ?? 0) > first.getTime(), "renewed");
+    await grid.stop();
+    await chat.stop();
+    assert.equal(await expiry(), null, "no screen open: nothing watched");
+  } finally {
+    await realtime.close();
+    await deleteUsers(sql, [ann, bob, cat]);
+    await sql.end();
   }
 });

@@ -17,6 +17,10 @@
 //   pool_exhausted          100 concurrent requests plus sleeping pooler clients against a cap
 //                           of 5 server connections: all finish 2xx, and pg_stat_activity
 //                           never shows more than 5 of the pooler's connections.
+//   pushes                  a watcher's inbox on the throwaway's Realtime endpoint: pushes
+//                           do not need Redis (Redis stopped: they still arrive); with
+//                           Postgres stopped they pause (the webhook answers 503) and resume
+//                           once it is back (the replication stream is recreated).
 //   cron_flush_failure      flush_presence() failing on a lock held on profiles: nothing is
 //                           lost, the alerts fire, the next flush catches up. pg_cron runs at
 //                           most once a minute, so the test does not wait for it: it calls
@@ -25,6 +29,7 @@
 //                           as pg_cron would.
 import assert from "node:assert/strict";
 import postgres from "postgres";
+import { createClient } from "@supabase/supabase-js";
 import { userJwt } from "../functions/_helpers.ts";
 import {
   direct,
@@ -564,6 +569,92 @@ async function cronFlushFailure(stack: Stack, users: User[]): Promise<void> {
   }
 }
 
+/** A watcher's pushes through a Redis outage and a Postgres restart. */
+async function pushesThroughOutages(stack: Stack, [watcher, watched]: User[]): Promise<void> {
+  const db = direct(stack);
+  await db`insert into public.favorites (user_id, favorite_id) values (${watcher.id}, ${watched.id})
+           on conflict do nothing`;
+  await db.end();
+  const base = stack.url.replace(/\/functions\/v1$/, "");
+  const token = await userJwt(watcher.id);
+  const client = createClient(base, Deno.env.get("SUPABASE_ANON_KEY")!, {
+    accessToken: () => Promise.resolve(token),
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: { reconnectAfterMs: () => 200 },
+  });
+  const heard: { is_online: boolean; at: number }[] = [];
+  const retrySend = async (status: "online" | "offline") => {
+    const events = [{ user_id: watched.id, status, at: nextAt(watched.id) }];
+    for (let i = 0; i < 400; i++) {
+      const a = await sendBatch(stack, events);
+      if (a.status === 202) return;
+      await sleep(100);
+    }
+    throw new Error("the webhook never accepted the batch");
+  };
+  const expect = async (is_online: boolean, what: string, ms: number) => {
+    const until = performance.now() + ms;
+    while (!heard.some((h) => h.is_online === is_online)) {
+      if (performance.now() > until) throw new Error(`no push: ${what}`);
+      await sleep(20);
+    }
+    heard.length = 0;
+  };
+  try {
+    await client.realtime.setAuth();
+    await new Promise<void>((resolve, reject) => {
+      client.channel(`presence:user:${watcher.id}`, { config: { private: true } })
+        .on("broadcast", { event: "status_changes" }, ({ payload }) => {
+          for (const c of payload.changes) {
+            heard.push({ is_online: c.is_online, at: performance.now() });
+          }
+        })
+        .subscribe((s, e) => s === "SUBSCRIBED" ? resolve() : reject(e ?? new Error(s)));
+    });
+    await sendBatch(stack, [{ user_id: watcher.id, status: "online", at: nextAt(watcher.id) }]);
+
+    // Redis away: pushes do not use it.
+    await new Deno.Command("redis-cli", {
+      args: ["-p", String(stack.redisPort), "shutdown", "nosave"],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    await retrySend("online");
+    await expect(true, "with Redis down", 2000);
+    await stackSh(stack, "start");
+
+    // Postgres away: the webhook answers 503 and nothing is pushed; once it is back (and the
+    // replication stream with it) pushes resume.
+    await pgCtl(stack, "-m", "fast", "-w", "stop");
+    const down = await sendBatch(stack, [{
+      user_id: watched.id,
+      status: "offline",
+      at: nextAt(watched.id),
+    }]);
+    assert.equal(down.status, 503);
+    await sleep(1000);
+    assert.equal(heard.length, 0, "nothing pushed while Postgres is down");
+    await pgCtl(stack, "-l", `${stack.state}/log/postgres.log`, "-w", "-t", "60", "start");
+    const backAt = performance.now();
+    for (;;) {
+      const up = sample(await scrape(stack), "sltr_realtime_replication_up");
+      if (up === 1) break;
+      if (performance.now() - backAt > 30_000) throw new Error("replication never came back");
+      await sleep(200);
+    }
+    await retrySend("offline");
+    await expect(false, "after Postgres came back", 3000);
+    console.log(
+      `pushes: through Redis down, and resumed ${
+        Math.round(performance.now() - backAt)
+      } ms after Postgres was back`,
+    );
+  } finally {
+    await client.removeAllChannels();
+    await client.realtime.disconnect();
+  }
+}
+
 Deno.test({
   name: "faults_on_a_throwaway_stack",
   sanitizeOps: false,
@@ -591,6 +682,10 @@ Deno.test({
         [
           "pgbouncer_pool_exhausted_requests_queue_and_finish_within_the_cap",
           () => poolExhausted(stack, users.slice(150, 230)),
+        ],
+        [
+          "pushes_survive_redis_down_pause_with_postgres_down_and_resume",
+          () => pushesThroughOutages(stack, users.slice(270, 272)),
         ],
         [
           "cron_flush_failing_alerts_and_the_next_run_catches_up",

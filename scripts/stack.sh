@@ -107,7 +107,7 @@ start_redis() {
   log "starting Redis on 127.0.0.1:$REDIS_PORT"
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
     --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --dir "$STATE/redis" \
-    --save '' --appendonly no --maxmemory 512mb --maxmemory-policy allkeys-lru >/dev/null
+    --save '' --appendonly no --maxmemory 1gb --maxmemory-policy volatile-lru >/dev/null
   wait_for Redis 100 redis-cli -p "$REDIS_PORT" ping
 }
 

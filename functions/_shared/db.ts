@@ -3,6 +3,7 @@ import postgres from "postgres";
 import { env } from "./env.ts";
 import { HttpError } from "./http.ts";
 import { observeQuery } from "./metrics.ts";
+import { countStatement } from "./request.ts";
 
 export type Sql = postgres.Sql;
 
@@ -95,6 +96,7 @@ export async function query<T>(run: (sql: Sql) => Promise<T>, label = "query"): 
       }));
     }, env().dbQueryTimeoutMs);
   });
+  countStatement();
   try {
     const work = run(sql());
     work.catch(() => {}); // a failure after the deadline has nobody left to tell

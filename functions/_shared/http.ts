@@ -1,6 +1,7 @@
 // HTTP helpers shared by every function: JSON answers, the one error shape, CORS, and the
 // wrapper every handler goes through (metrics, structured logs, request ids, Sentry).
 import { observeRequest } from "./metrics.ts";
+import { inRequest } from "./request.ts";
 import { captureError, recordTiming, type RequestTags, traceRequest } from "./sentry.ts";
 
 export const corsHeaders: Record<string, string> = {
@@ -127,7 +128,8 @@ export function serveJson(
   name: string,
   fn: (req: Request) => Promise<Response>,
 ): (req: Request) => Promise<Response> {
-  return async (req) => {
+  return (req) => inRequest(() => serve(req));
+  async function serve(req: Request): Promise<Response> {
     const started = performance.now();
     const tags: RequestTags = { function: name, method: req.method, requestId: requestIdOf(req) };
     let failure: string | undefined;
@@ -165,5 +167,5 @@ export function serveJson(
       ...(failure ? { error: failure } : {}),
     }));
     return withHeader(res, "x-request-id", tags.requestId);
-  };
+  }
 }

@@ -88,6 +88,35 @@ export const degradedResponses = new Counter({
   registers: [registry],
 });
 
+export const liveIndexSyncs = new Counter({
+  name: "sltr_live_index_syncs_total",
+  help: "Rebuilds and reconciliations of the Redis live index from Postgres (their own " +
+    "database load, outside any request's statements).",
+  labelNames: ["kind"] as const,
+  registers: [registry],
+});
+
+export const liveIndexSyncRows = new Counter({
+  name: "sltr_live_index_sync_rows_total",
+  help: "Rows read from Postgres by the live index's rebuilds and reconciliations.",
+  labelNames: ["kind"] as const,
+  registers: [registry],
+});
+
+export const liveIndexSyncSeconds = new Counter({
+  name: "sltr_live_index_sync_seconds_total",
+  help: "Time spent rebuilding and reconciling the live index.",
+  labelNames: ["kind"] as const,
+  registers: [registry],
+});
+
+/** A rebuild or reconciliation of the live index. */
+export function recordIndexSync(kind: "rebuild" | "reconcile", rows: number, seconds: number) {
+  liveIndexSyncs.labels(kind).inc();
+  liveIndexSyncRows.labels(kind).inc(rows);
+  liveIndexSyncSeconds.labels(kind).inc(seconds);
+}
+
 /** Called by serveJson for every request. */
 export function observeRequest(
   fn: string,

@@ -59,4 +59,50 @@ export async function tryRedis<T>(op: (r: Redis) => Promise<T>): Promise<Cached<
 export function closeRedis(): void {
   client?.disconnect();
   client = undefined;
+  writerClient?.disconnect();
+  writerClient = undefined;
+}
+
+let writerClient: Redis | undefined;
+
+/**
+ * The write-through's own connection. Same fail-fast settings as the reads' (redis()) but a
+ * 2 s command timeout instead of 250 ms: a read that gives up early falls back to Postgres, a
+ * write that gives up early (a busy event loop is enough) may leave the index behind until the
+ * minute's reconciliation.
+ */
+export function writer(): Redis | undefined {
+  const url = env().redisUrl;
+  if (!url) return undefined;
+  if (!writerClient) {
+    writerClient = new Redis(url, {
+      lazyConnect: false,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: 500,
+      commandTimeout: 2000,
+      retryStrategy: (times) => Math.min(times * 100, 1000),
+    });
+    writerClient.on("error", () => {}); // reported per request as degraded
+  }
+  return writerClient;
+}
+
+/**
+ * Runs a write on the writer connection; false when Redis is unavailable. A cold process (a
+ * fresh isolate, a restart) has its connection still opening: that is waited for briefly
+ * rather than skipping the write. An outage (reconnecting) is not waited for.
+ */
+export async function tryWrite(
+  op: (r: Redis) => Promise<unknown>,
+  timeoutMs = 500,
+): Promise<boolean> {
+  const r = writer();
+  if (!r || !(await connected(r, timeoutMs))) return false;
+  try {
+    await op(r);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -1,18 +1,19 @@
 // POST /functions/v1/online-status {"user_ids": [...]} with a user's JWT:
 // 200 {"users":[{user_id, is_online, last_seen_at}], "cached", "degraded"}, for clients that
-// cannot call the get_online_users_batch RPC. Answered from the presence:<id> keys the
-// presence webhook writes through after each commit (one MGET), the rest from the RPC (one
-// query), which is also written back for a short while (SET NX: never over the webhook's
-// newer value). Users that do not exist are absent; the order is the request's. A key that
-// says online about an event older than 4 minutes is not trusted (expire_stale_presence may
-// have marked that user offline in Postgres alone): such users are read from the RPC.
+// cannot call the get_online_users_batch RPC. Answered from the Redis live index
+// (functions/_shared/live_index.ts: one script for all ids, online = an event in the last 5
+// minutes); ids the index does not hold (users it has never seen since it was built) come from
+// the RPC in one query. Users that do not exist are absent; the order is the request's.
+// "cached": no database statement. Redis down: from the RPC, "degraded": true.
 import { z } from "zod";
 import { requireUser } from "../_shared/auth.ts";
-import { presenceKey, STATUS_TTL_SECONDS, trustedPresence } from "../_shared/cache.ts";
 import { query } from "../_shared/db.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";
+import { statuses } from "../_shared/live_index.ts";
+import { indexReady } from "../_shared/live_index_sync.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
+import { statementsSoFar } from "../_shared/request.ts";
 
 export const MAX_USER_IDS = 10_000;
 /** 10,000 quoted uuids with separators and some whitespace. */
@@ -67,57 +68,21 @@ export const handler = serveJson("online-status", async (req) => {
   await requireUser(req);
   const ids = parseIds(parseJson(await readBody(req, MAX_BODY_BYTES)));
 
+  const read = await tryRedis(async (r) =>
+    await indexReady(r) ? await statuses(r, ids) : undefined
+  );
   const found = new Map<string, Status>();
-  const read = await tryRedis((r) => r.mget(...ids.map(presenceKey)));
-  if (read.ok) {
-    read.value.forEach((raw, i) => {
-      const state = trustedPresence(raw);
-      if (state) found.set(ids[i], { user_id: ids[i], ...state });
-    });
+  let missing = ids;
+  if (read.ok && read.value) {
+    for (const s of read.value.found) found.set(s.user_id, s);
+    missing = read.value.missing;
   }
-  const missing = ids.filter((id) => !found.has(id));
-  const hits = found.size;
-  if (read.ok) {
-    recordCache("online_status", "hit", hits);
-    recordCache("online_status", "miss", missing.length);
-  } else {
-    recordCache("online_status", "error", ids.length);
+  if (missing.length) { for (const row of await fromDb(missing)) found.set(row.user_id, row); }
+  const degraded = !read.ok;
+  if (degraded) {
+    recordCache("online_status", "error");
     recordDegraded("online-status");
-  }
-
-  let degraded = !read.ok;
-  if (missing.length) {
-    const rows = await fromDb(missing);
-    for (const row of rows) found.set(row.user_id, row);
-    // Written back only where no key exists, and the webhook's write-through (after its
-    // commit, guarded by event time) replaces it whenever it is older: never over newer.
-    const back = rows.filter((r) => r.last_seen_at !== null);
-    if (read.ok && back.length) {
-      const written = await tryRedis((r) => {
-        const pipe = r.pipeline();
-        for (const row of back) {
-          pipe.set(
-            presenceKey(row.user_id),
-            JSON.stringify({ is_online: row.is_online, last_seen_at: row.last_seen_at }),
-            "EX",
-            STATUS_TTL_SECONDS,
-            "NX",
-          );
-        }
-        return pipe.exec();
-      });
-      degraded ||= !written.ok;
-    }
-  }
-  if (read.ok) {
-    void tryRedis((r) =>
-      r.pipeline()
-        .incrby("metrics:online_status:hits", hits)
-        .incrby("metrics:online_status:misses", missing.length)
-        .exec()
-    );
-  }
-
+  } else recordCache("online_status", statementsSoFar() === 0 ? "hit" : "miss");
   const users = ids.flatMap((id) => found.get(id) ?? []);
-  return json({ users, cached: missing.length === 0, degraded });
+  return json({ users, cached: statementsSoFar() === 0, degraded });
 });

@@ -1,0 +1,428 @@
+// The live index: who is online, per ~500 m privacy cell, in Redis, so nearby-online and
+// online-status answer without a Postgres statement. docs/read-path.md tells the whole story;
+// in short:
+//   {live}:cells          GEO set of the occupied cells (member = cell id "<row>:<col>")
+//   {live}:cell:<cell>    sorted set: the users in the cell, scored by their last event (ms)
+//   {live}:user:<id>      hash: o (1 online / 0), s (last event, ms), c (cell), x/y (its centre)
+//   {live}:online         set of the users online
+//   {live}:names          hash: user id -> display name
+//   {live}:built          when the index was last rebuilt from Postgres (absent: cold)
+// Only cell ids and cell centres are stored, never a raw coordinate. The presence webhook
+// maintains it after each commit with one script per batch (WRITE); a cold or emptied Redis is
+// rebuilt from one Postgres snapshot (live_index_snapshot), and a reconciliation with Postgres
+// every minute repairs lost writes. Every key shares the hash tag {live}: a Redis Cluster puts
+// them in one slot, as the scripts need.
+//
+// Distances are those of public.find_nearby_online_users, computed here the way PostGIS does
+// for geography on its sphere (lwgeodetic.c sphere_distance, degrees to radians as PI * x / 180,
+// radius (2a + b) / 3 of WGS 84), from the same snapped cell centres (public.snap_location,
+// operation for operation), rounded the same way (greatest(1, round(d / 100)) * 100 with
+// round-half-even) and ordered the same way (distance, then user id): tests/functions/
+// nearby_parity.test.ts compares them on thousands of queries.
+import type { Redis } from "ioredis";
+
+export const PREFIX = "{live}";
+export const CELLS = `${PREFIX}:cells`;
+export const ONLINE = `${PREFIX}:online`;
+export const NAMES = `${PREFIX}:names`;
+export const BUILT = `${PREFIX}:built`;
+export const cellKey = (cell: string) => `${PREFIX}:cell:${cell}`;
+export const userKey = (id: string) => `${PREFIX}:user:${id}`;
+
+/** A user is online while their newest event is this recent (expire_stale_presence's age). */
+export const ONLINE_WINDOW_MS = 5 * 60 * 1000;
+
+// ---- the privacy grid, exactly as public.snap_location computes it ----------------------
+
+const CELL_DEGREES = 0.0045;
+/** Postgres's RADIANS_PER_DEGREE, as radians() multiplies by it. */
+const PG_RADIANS_PER_DEGREE = 0.0174532925199432957692;
+
+export interface Cell {
+  id: string;
+  lat: number;
+  lng: number;
+}
+
+/** The cell holding (lat, lng) and its centre (public.snap_location, operation for operation). */
+export function cellOf(lat: number, lng: number): Cell {
+  const row = Math.floor((lat + 90) / CELL_DEGREES);
+  return cellAt(row, lng);
+}
+
+function cellAt(row: number, lng: number): Cell {
+  const centreLat = Math.min(90, -90 + (row + 0.5) * CELL_DEGREES);
+  const n = Math.max(
+    1,
+    Math.floor(360 * Math.cos(centreLat * PG_RADIANS_PER_DEGREE) / CELL_DEGREES),
+  );
+  const col = Math.min(Math.floor((lng + 180) * n / 360), n - 1);
+  return { id: `${row}:${col}`, lat: centreLat, lng: -180 + (col + 0.5) * 360 / n };
+}
+
+/** The centre of a cell id. */
+export function cellCentre(id: string): Cell {
+  const [row, col] = id.split(":").map(Number);
+  const centreLat = Math.min(90, -90 + (row + 0.5) * CELL_DEGREES);
+  const n = Math.max(
+    1,
+    Math.floor(360 * Math.cos(centreLat * PG_RADIANS_PER_DEGREE) / CELL_DEGREES),
+  );
+  return { id, lat: centreLat, lng: -180 + (col + 0.5) * 360 / n };
+}
+
+// ---- distances, exactly as PostGIS computes them for geography on its sphere ------------
+
+const SPHERE_RADIUS = (2 * 6378137 + 6356752.314245179) / 3;
+const toRadians = (degrees: number) => Math.PI * degrees / 180;
+
+/** PostGIS's `geography <-> geography`: from the cell centre (s) to the probe (e). */
+export function sphereDistance(sLat: number, sLng: number, eLat: number, eLng: number): number {
+  const latS = toRadians(sLat);
+  const latE = toRadians(eLat);
+  const dLon = toRadians(eLng) - toRadians(sLng);
+  const cosDLon = Math.cos(dLon);
+  const cosLatE = Math.cos(latE);
+  const sinLatE = Math.sin(latE);
+  const cosLatS = Math.cos(latS);
+  const sinLatS = Math.sin(latS);
+  const a1 = (cosLatE * Math.sin(dLon)) ** 2;
+  const a2 = (cosLatS * sinLatE - sinLatS * cosLatE * cosDLon) ** 2;
+  return Math.atan2(Math.sqrt(a1 + a2), sinLatS * sinLatE + cosLatS * cosLatE * cosDLon) *
+    SPHERE_RADIUS;
+}
+
+/** Postgres's round(double precision): to nearest, ties to even (rint). */
+function rint(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** The distance an answer shows: greatest(1, round(d / 100)) * 100. */
+export const shownDistance = (metres: number) => Math.max(1, rint(metres / 100)) * 100;
+
+// ---- scripts ------------------------------------------------------------------------------
+
+const LEAVE = `
+local function leave(id, cell)
+  local key = '${PREFIX}:cell:' .. cell
+  redis.call('ZREM', key, id)
+  if redis.call('ZCARD', key) == 0 then redis.call('ZREM', '${CELLS}', cell) end
+end
+local function place(id, cell, x, y, seen)
+  local key = '${PREFIX}:cell:' .. cell
+  if redis.call('EXISTS', key) == 0 then redis.call('GEOADD', '${CELLS}', x, y, cell) end
+  redis.call('ZADD', key, seen, id)
+end
+`;
+
+/** One batch of events, each (id, online 1|0, event ms, cell or '', centre lng, centre lat).
+ * An event not newer than what the index holds changes nothing. Returns the ids whose name,
+ * or whose cell (online without a location the index knows), must come from Postgres. */
+const WRITE = `${LEAVE}
+local needs, i = {}, 1
+while i <= #ARGV do
+  local id, online, seen = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local cell, x, y = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
+  local h = '${PREFIX}:user:' .. id
+  local cur = redis.call('HMGET', h, 'o', 's', 'c', 'x', 'y')
+  if seen > tonumber(cur[2] or '-1') then
+    local was_online, old = cur[1] == '1', cur[3]
+    if cell == '' then cell, x, y = old, cur[4], cur[5] end
+    if online == '1' then
+      if was_online and old and old ~= cell then leave(id, old) end
+      if cell then
+        place(id, cell, x, y, seen)
+        redis.call('HSET', h, 'o', '1', 's', seen, 'c', cell, 'x', x, 'y', y)
+      else
+        redis.call('HSET', h, 'o', '1', 's', seen)
+        needs[#needs + 1] = id
+      end
+      redis.call('SADD', '${ONLINE}', id)
+    else
+      if was_online and old then leave(id, old) end
+      redis.call('HSET', h, 'o', '0', 's', seen)
+      redis.call('SREM', '${ONLINE}', id)
+    end
+    if redis.call('HEXISTS', '${NAMES}', id) == 0 then needs[#needs + 1] = id end
+  end
+end
+return needs
+`;
+
+/** Rows from Postgres (live_index_snapshot): (id, online 1|0, last seen ms or '', cell or '',
+ * x, y, name). Taken unless the index holds a newer event; an online row without a cell is
+ * online but on no map (no location known). ARGV[1]: 1 to also drop index users absent from
+ * an online-only snapshot taken at ARGV[2] (ms), then the rows. */
+const LOAD = `${LEAVE}
+local i = 3
+while i <= #ARGV do
+  local id, online, seen, cell, x, y, name =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
+  redis.call('HSET', '${NAMES}', id, name)
+  local h = '${PREFIX}:user:' .. id
+  local cur = redis.call('HMGET', h, 'o', 's', 'c')
+  local held = tonumber(cur[2] or '-1')
+  if seen ~= '' and tonumber(seen) >= held then
+    if cur[1] == '1' and cur[3] and cur[3] ~= cell then leave(id, cur[3]) end
+    if online == '1' then
+      if cell ~= '' then
+        place(id, cell, x, y, tonumber(seen))
+        redis.call('HSET', h, 'o', '1', 's', seen, 'c', cell, 'x', x, 'y', y)
+      else
+        redis.call('HSET', h, 'o', '1', 's', seen)
+      end
+      redis.call('SADD', '${ONLINE}', id)
+    else
+      redis.call('HSET', h, 'o', '0', 's', seen)
+      if cell ~= '' then redis.call('HSET', h, 'c', cell, 'x', x, 'y', y) end
+      redis.call('SREM', '${ONLINE}', id)
+    end
+  elseif seen == '' and held < 0 then
+    redis.call('HSET', h, 'o', '0')
+  end
+end
+return 1
+`;
+
+/** Index users online but absent from an online-only snapshot taken at ARGV[1] (ms): offline,
+ * unless an event newer than the snapshot says otherwise. KEYS: none; ARGV[2..]: the ids the
+ * snapshot says are online. */
+const PRUNE = `${LEAVE}
+local snapshot = tonumber(ARGV[1])
+local keep = {}
+for i = 2, #ARGV do keep[ARGV[i]] = true end
+local dropped = 0
+for _, id in ipairs(redis.call('SMEMBERS', '${ONLINE}')) do
+  if not keep[id] then
+    local h = '${PREFIX}:user:' .. id
+    local cur = redis.call('HMGET', h, 's', 'c')
+    if tonumber(cur[1] or '0') < snapshot then
+      if cur[2] then leave(id, cur[2]) end
+      redis.call('HSET', h, 'o', '0')
+      redis.call('SREM', '${ONLINE}', id)
+      dropped = dropped + 1
+    end
+  end
+end
+return dropped
+`;
+
+/** The occupied cells nearest to (lng, lat) within a radius, nearest first by Redis's own
+ * distance, with the users seen since ARGV[4]: flat (cell, count, then count x (id, seen)),
+ * then the names of everyone returned. It stops once `need` users are in and no farther cell
+ * can hold a nearer one (Redis measures on a slightly larger sphere and rounds positions to
+ * its geohash: the margin covers both; the caller computes the exact distances). */
+const NEARBY = `
+local lng, lat, radius, since, need = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local cells = redis.call('GEOSEARCH', '${CELLS}', 'FROMLONLAT', lng, lat, 'BYRADIUS', radius, 'm',
+  'ASC', 'WITHDIST')
+local out, ids, count, cutoff = {}, {}, 0, nil
+for _, c in ipairs(cells) do
+  local d = tonumber(c[2])
+  if cutoff and d > cutoff then break end
+  local users = redis.call('ZRANGE', '${PREFIX}:cell:' .. c[1], since, '+inf', 'BYSCORE', 'WITHSCORES')
+  if #users > 0 then
+    out[#out + 1] = c[1]
+    out[#out + 1] = #users / 2
+    for j = 1, #users, 2 do
+      out[#out + 1] = users[j]
+      out[#out + 1] = users[j + 1]
+      ids[#ids + 1] = users[j]
+    end
+    count = count + #users / 2
+    if not cutoff and count >= need then cutoff = d * 1.002 + 5 end
+  end
+end
+local names = {}
+for j = 1, #ids, 500 do
+  local chunk = {}
+  for k = j, math.min(j + 499, #ids) do chunk[#chunk + 1] = ids[k] end
+  for _, n in ipairs(redis.call('HMGET', '${NAMES}', unpack(chunk))) do names[#names + 1] = n or '' end
+end
+return {out, names}
+`;
+
+/** Users that do not exist (unknown ids an event named): out of the index entirely. */
+const FORGET = `${LEAVE}
+for _, id in ipairs(ARGV) do
+  local h = '${PREFIX}:user:' .. id
+  local cell = redis.call('HGET', h, 'c')
+  if cell then leave(id, cell) end
+  redis.call('DEL', h)
+  redis.call('SREM', '${ONLINE}', id)
+  redis.call('HDEL', '${NAMES}', id)
+end
+return #ARGV
+`;
+
+/** (online, last seen) of each id: the user hash's o and s, or nothing when not indexed. */
+const STATUS = `
+local out = {}
+for i, id in ipairs(ARGV) do
+  local v = redis.call('HMGET', '${PREFIX}:user:' .. id, 'o', 's')
+  out[i] = v[1] and (v[1] .. ':' .. (v[2] or '')) or false
+end
+return out
+`;
+
+const shas = new Map<string, string>();
+
+async function run(r: Redis, script: string, args: (string | number)[]): Promise<unknown> {
+  let sha = shas.get(script);
+  if (!sha) {
+    const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(script));
+    sha = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+    shas.set(script, sha);
+  }
+  try {
+    return await r.evalsha(sha, 0, ...args);
+  } catch (e) {
+    if (!String((e as Error)?.message).startsWith("NOSCRIPT")) throw e;
+    return await r.eval(script, 0, ...args);
+  }
+}
+
+// ---- writes ------------------------------------------------------------------------------
+
+export interface IndexEvent {
+  user_id: string;
+  online: boolean;
+  /** The event's time, ms. */
+  at: number;
+  lat?: number;
+  lng?: number;
+}
+
+/** One batch, after its commit: returns the users whose name or cell the index lacks. */
+export async function writeEvents(r: Redis, events: IndexEvent[]): Promise<string[]> {
+  if (events.length === 0) return [];
+  const args: (string | number)[] = [];
+  for (const e of events) {
+    const cell = e.lat !== undefined && e.lng !== undefined ? cellOf(e.lat, e.lng) : undefined;
+    args.push(e.user_id, e.online ? 1 : 0, e.at, cell?.id ?? "", cell?.lng ?? "", cell?.lat ?? "");
+  }
+  return [...new Set(await run(r, WRITE, args) as string[])];
+}
+
+export interface SnapshotRow {
+  user_id: string;
+  display_name: string;
+  is_online: boolean;
+  last_seen_at: Date | null;
+  cell_lat: number | null;
+  cell_lng: number | null;
+}
+
+/** Rows from live_index_snapshot into the index (never over a newer event). */
+export async function load(r: Redis, rows: SnapshotRow[]): Promise<void> {
+  // 500 rows a script: each holds Redis for a few milliseconds, so reads interleave.
+  for (let i = 0; i < rows.length; i += 500) {
+    const args: (string | number)[] = [0, 0];
+    for (const row of rows.slice(i, i + 500)) {
+      const cell = row.cell_lat !== null && row.cell_lng !== null
+        ? cellOf(row.cell_lat, row.cell_lng)
+        : undefined;
+      args.push(
+        row.user_id,
+        row.is_online ? 1 : 0,
+        row.last_seen_at ? row.last_seen_at.getTime() : "",
+        cell?.id ?? "",
+        cell?.lng ?? "",
+        cell?.lat ?? "",
+        row.display_name ?? "",
+      );
+    }
+    await run(r, LOAD, args);
+  }
+}
+
+/** After an online-only snapshot taken at `takenAt`: who the index has online and Postgres does
+ * not goes offline (unless a newer event came). Returns how many. */
+export async function prune(r: Redis, takenAt: number, onlineIds: string[]): Promise<number> {
+  return await run(r, PRUNE, [takenAt, ...onlineIds]) as number;
+}
+
+/** Removes users Postgres does not know. */
+export async function forget(r: Redis, userIds: string[]): Promise<void> {
+  if (userIds.length) await run(r, FORGET, userIds);
+}
+
+// ---- reads -------------------------------------------------------------------------------
+
+export interface NearbyUser {
+  user_id: string;
+  display_name: string;
+  distance_m: number;
+  last_seen_at: string | null;
+}
+
+/** find_nearby_online_users from the index: no Postgres statement. */
+export async function nearby(
+  r: Redis,
+  q: { lat: number; lng: number; radius_m: number; limit: number },
+  excluded: string | null,
+  nowMs = Date.now(),
+): Promise<NearbyUser[]> {
+  const need = q.limit + (excluded ? 1 : 0);
+  const [flat, names] = await run(r, NEARBY, [
+    q.lng,
+    q.lat,
+    q.radius_m * 1.001 + 10,
+    nowMs - ONLINE_WINDOW_MS,
+    need,
+  ]) as [string[], string[]];
+  const found: (NearbyUser & { d: number })[] = [];
+  let n = 0;
+  for (let i = 0; i < flat.length;) {
+    const centre = cellCentre(flat[i]);
+    const count = Number(flat[i + 1]);
+    i += 2;
+    const d = sphereDistance(centre.lat, centre.lng, q.lat, q.lng);
+    for (let k = 0; k < count; k++, i += 2, n++) {
+      const id = flat[i];
+      if (d > q.radius_m || id === excluded) continue;
+      found.push({
+        user_id: id,
+        display_name: names[n],
+        distance_m: shownDistance(d),
+        last_seen_at: new Date(Number(flat[i + 1])).toISOString(),
+        d,
+      });
+    }
+  }
+  found.sort((a, b) => a.d - b.d || (a.user_id < b.user_id ? -1 : a.user_id > b.user_id ? 1 : 0));
+  return found.slice(0, q.limit).map(({ d: _, ...u }) => u);
+}
+
+export interface Status {
+  user_id: string;
+  is_online: boolean;
+  last_seen_at: string | null;
+}
+
+/** get_online_users_batch from the index; ids the index does not hold are left out (the
+ * caller asks Postgres about those). Online means an event in the last 5 minutes. */
+export async function statuses(
+  r: Redis,
+  ids: string[],
+  nowMs = Date.now(),
+): Promise<{ found: Status[]; missing: string[] }> {
+  const raw = await run(r, STATUS, ids) as (string | null)[];
+  const found: Status[] = [];
+  const missing: string[] = [];
+  ids.forEach((id, i) => {
+    const v = raw[i];
+    if (!v) return void missing.push(id);
+    const [o, s] = v.split(":");
+    const seen = s ? Number(s) : undefined;
+    found.push({
+      user_id: id,
+      is_online: o === "1" && seen !== undefined && nowMs - seen <= ONLINE_WINDOW_MS,
+      last_seen_at: seen !== undefined ? new Date(seen).toISOString() : null,
+    });
+  });
+  return { found, missing };
+}

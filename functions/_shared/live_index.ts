@@ -2,8 +2,8 @@
 // online-status answer without a Postgres statement. docs/read-path.md tells the whole story;
 // in short:
 //   {live}:cells          GEO set of the occupied cells (member = cell id "<row>:<col>")
-//   {live}:cell:<cell>    sorted set: the users in the cell, scored by their last event (ms)
-//   {live}:user:<id>      hash: o (1 online / 0), s (last event, ms), c (cell), x/y (its centre)
+//   {live}:cell:<cell>    sorted set: the users in the cell, scored by their last event (µs)
+//   {live}:user:<id>      hash: o (1 online / 0), s (last event, µs), c (cell), x/y (its centre)
 //   {live}:online         set of the users online
 //   {live}:names          hash: user id -> display name
 //   {live}:built          when the index was last rebuilt from Postgres (absent: cold)
@@ -31,6 +31,14 @@ export const userKey = (id: string) => `${PREFIX}:user:${id}`;
 
 /** A user is online while their newest event is this recent (expire_stale_presence's age). */
 export const ONLINE_WINDOW_MS = 5 * 60 * 1000;
+
+/** Event times are kept in microseconds, as Postgres keeps them (a later event in the same
+ * millisecond must still win). From the webhook's canonical `YYYY-MM-DDTHH:MM:SS.ffffffZ`. */
+export function micros(canonical: string): number {
+  return Date.parse(canonical.slice(0, 23) + "Z") * 1000 + Number(canonical.slice(23, 26) || 0);
+}
+
+const isoOfMicros = (us: number) => new Date(Math.floor(us / 1000)).toISOString();
 
 // ---- the privacy grid, exactly as public.snap_location computes it ----------------------
 
@@ -116,7 +124,7 @@ local function place(id, cell, x, y, seen)
 end
 `;
 
-/** One batch of events, each (id, online 1|0, event ms, cell or '', centre lng, centre lat).
+/** One batch of events, each (id, online 1|0, event µs, cell or '', centre lng, centre lat).
  * An event not newer than what the index holds changes nothing. Returns the ids whose name,
  * or whose cell (online without a location the index knows), must come from Postgres. */
 const WRITE = `${LEAVE}
@@ -151,7 +159,7 @@ end
 return needs
 `;
 
-/** Rows from Postgres (live_index_snapshot): (id, online 1|0, last seen ms or '', cell or '',
+/** Rows from Postgres (live_index_snapshot): (id, online 1|0, last seen µs or '', cell or '',
  * x, y, name). Taken unless the index holds a newer event; an online row without a cell is
  * online but on no map (no location known). ARGV[1]: 1 to also drop index users absent from
  * an online-only snapshot taken at ARGV[2] (ms), then the rows. */
@@ -187,7 +195,7 @@ end
 return 1
 `;
 
-/** Index users online but absent from an online-only snapshot taken at ARGV[1] (ms): offline,
+/** Index users online but absent from an online-only snapshot taken at ARGV[1] (µs): offline,
  * unless an event newer than the snapshot says otherwise. KEYS: none; ARGV[2..]: the ids the
  * snapshot says are online. */
 const PRUNE = `${LEAVE}
@@ -290,7 +298,7 @@ async function run(r: Redis, script: string, args: (string | number)[]): Promise
 export interface IndexEvent {
   user_id: string;
   online: boolean;
-  /** The event's time, ms. */
+  /** The event's time, µs. */
   at: number;
   lat?: number;
   lng?: number;
@@ -328,7 +336,7 @@ export async function load(r: Redis, rows: SnapshotRow[]): Promise<void> {
       args.push(
         row.user_id,
         row.is_online ? 1 : 0,
-        row.last_seen_at ? row.last_seen_at.getTime() : "",
+        row.last_seen_at ? row.last_seen_at.getTime() * 1000 : "",
         cell?.id ?? "",
         cell?.lng ?? "",
         cell?.lat ?? "",
@@ -339,8 +347,8 @@ export async function load(r: Redis, rows: SnapshotRow[]): Promise<void> {
   }
 }
 
-/** After an online-only snapshot taken at `takenAt`: who the index has online and Postgres does
- * not goes offline (unless a newer event came). Returns how many. */
+/** After an online-only snapshot taken at `takenAt` (µs): who the index has online and Postgres
+ * does not goes offline (unless a newer event came). Returns how many. */
 export async function prune(r: Redis, takenAt: number, onlineIds: string[]): Promise<number> {
   return await run(r, PRUNE, [takenAt, ...onlineIds]) as number;
 }
@@ -371,7 +379,7 @@ export async function nearby(
     q.lng,
     q.lat,
     q.radius_m * 1.001 + 10,
-    nowMs - ONLINE_WINDOW_MS,
+    (nowMs - ONLINE_WINDOW_MS) * 1000,
     need,
   ]) as [string[], string[]];
   const found: (NearbyUser & { d: number })[] = [];
@@ -388,7 +396,7 @@ export async function nearby(
         user_id: id,
         display_name: names[n],
         distance_m: shownDistance(d),
-        last_seen_at: new Date(Number(flat[i + 1])).toISOString(),
+        last_seen_at: isoOfMicros(Number(flat[i + 1])),
         d,
       });
     }
@@ -420,8 +428,8 @@ export async function statuses(
     const seen = s ? Number(s) : undefined;
     found.push({
       user_id: id,
-      is_online: o === "1" && seen !== undefined && nowMs - seen <= ONLINE_WINDOW_MS,
-      last_seen_at: seen !== undefined ? new Date(seen).toISOString() : null,
+      is_online: o === "1" && seen !== undefined && nowMs * 1000 - seen <= ONLINE_WINDOW_MS * 1000,
+      last_seen_at: seen !== undefined ? isoOfMicros(seen) : null,
     });
   });
   return { found, missing };

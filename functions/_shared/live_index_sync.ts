@@ -59,7 +59,7 @@ function background(work: () => Promise<void>): void {
 /** Every user from one snapshot, then who is no longer online. */
 export async function rebuild(r: Redis): Promise<void> {
   const started = performance.now();
-  const takenAt = Date.now() - 1000;
+  const takenAt = (Date.now() - 1000) * 1000;
   const rows = await snapshot(false);
   await load(r, rows);
   await prune(r, takenAt, rows.filter((row) => row.is_online).map((row) => row.user_id));
@@ -71,7 +71,7 @@ export async function rebuild(r: Redis): Promise<void> {
 /** The users online in Postgres into the index, and out of it who is not. */
 export async function reconcile(r: Redis): Promise<void> {
   const started = performance.now();
-  const takenAt = Date.now() - 1000;
+  const takenAt = (Date.now() - 1000) * 1000;
   const rows = await snapshot(true);
   await load(r, rows);
   await prune(r, takenAt, rows.map((row) => row.user_id));

@@ -4,7 +4,7 @@
 // events are committed either way, and the minute's reconciliation repairs the index.
 import type { PresenceEvent } from "../_shared/presence.ts";
 import { fill } from "../_shared/live_index_sync.ts";
-import { writeEvents } from "../_shared/live_index.ts";
+import { micros, writeEvents } from "../_shared/live_index.ts";
 import { tryWrite } from "../_shared/redis.ts";
 
 /** Returns false when Redis could not be written. */
@@ -15,7 +15,7 @@ export async function writeThrough(events: PresenceEvent[]): Promise<boolean> {
       events.map((e) => ({
         user_id: e.user_id,
         online: e.status === "online",
-        at: Date.parse(e.at),
+        at: micros(e.at),
         lat: e.lat,
         lng: e.lng,
       })),

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
-import { PRESENCE_CHANNEL, PRESENCE_WRITE_LUA } from "../../functions/presence-webhook/handler.ts";
+import { forget, userKey, writeEvents } from "../../functions/_shared/live_index.ts";
 import {
   ANON_KEY,
   freePort,
@@ -174,9 +174,17 @@ async function heldOne(id: string): Promise<Held> {
   return (await held([id])).get(id)!;
 }
 
+/** What the live index holds for a user (its hash), with the time as the webhook's canonical
+ * microsecond timestamp. */
 async function cached(id: string): Promise<{ is_online: boolean; last_seen_at: string } | null> {
-  const value = await redis.get(`presence:${id}`);
-  return value === null ? null : JSON.parse(value);
+  const [o, s] = await redis.hmget(userKey(id), "o", "s");
+  if (o === null) return null;
+  const us = Number(s);
+  const ms = Math.floor(us / 1000);
+  return {
+    is_online: o === "1",
+    last_seen_at: new Date(ms).toISOString().replace("Z", `${String(us % 1000).padStart(3, "0")}Z`),
+  };
 }
 
 async function assertUntouched(ids: string[]): Promise<void> {
@@ -256,7 +264,11 @@ test("accepts_a_signed_batch_and_redis_reflects_it_before_any_flush", async () =
     last_seen_at: new Date(at).toISOString().replace("Z", "000Z"),
   });
   assert.ok(Date.now() - answeredAt < 1000);
-  assert.ok((await redis.ttl(`presence:${a}`)) > 590, "presence keys live 600 s");
+  assert.equal(
+    await redis.ttl(userKey(a)),
+    -1,
+    "the index keeps users until Postgres says otherwise",
+  );
   assert.equal((await cached(b))?.is_online, false);
   assert.equal(await cached(unknown), null, "no key for an unknown user");
 });
@@ -615,41 +627,29 @@ test("twenty_concurrent_batches_for_overlapping_users_keep_each_users_newest_eve
   }
 });
 
-test("the_redis_guard_compares_instants_and_announces_status_changes", async () => {
-  const key = `presence:${crypto.randomUUID()}`;
-  const id = key.slice("presence:".length);
-  const write = (value: object) =>
-    (redis.eval(PRESENCE_WRITE_LUA, 1, key, "600", JSON.stringify(value)) as Promise<
-      [number, number[]]
-    >).then(([written]) => written);
-  const messages: string[] = [];
-  const listener = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+test("the_index_keeps_each_users_newest_event_to_the_microsecond", async () => {
+  const id = crypto.randomUUID();
+  const t = Date.parse("2026-11-25T12:00:00.500Z") * 1000;
+  const write = (online: boolean, us: number) =>
+    writeEvents(redis, [{ user_id: id, online, at: us, lat: 52.52, lng: 13.405 }]);
   try {
-    await listener.subscribe(PRESENCE_CHANNEL);
-    listener.on("message", (_channel: string, message: string) => messages.push(message));
-    // Another writer's format (an offset, milliseconds): 12:00:00.500 UTC.
-    await redis.set(key, '{"last_seen_at":"2026-11-25T14:00:00.5+02:00","is_online":false}');
-    assert.equal(await write({ is_online: true, last_seen_at: "2026-11-25T12:00:00.400000Z" }), 0);
-    assert.equal(await write({ is_online: true, last_seen_at: "2026-11-25T12:00:00.500000Z" }), 0);
-    assert.equal(await write({ is_online: true, last_seen_at: "2026-11-25T12:00:00.600000Z" }), 1);
-    assert.equal(await write({ is_online: true, last_seen_at: "2026-11-25T12:00:01.000000Z" }), 1);
-    assert.equal(await write({ is_online: true, last_seen_at: "2026-11-25T12:00:00.900000Z" }), 0);
-    assert.deepEqual(JSON.parse((await redis.get(key))!), {
-      is_online: true,
-      last_seen_at: "2026-11-25T12:00:01.000000Z",
+    await write(false, t);
+    await write(true, t - 100); // older: ignored
+    await write(true, t); // not newer: ignored
+    assert.deepEqual(await cached(id), {
+      is_online: false,
+      last_seen_at: "2026-11-25T12:00:00.500000Z",
     });
-    for (let i = 0; i < 50 && messages.length === 0; i++) {
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    // One announcement: the change to is_online, not the heartbeat after it.
-    assert.deepEqual(messages.map((m) => JSON.parse(m)), [{
-      user_id: id,
+    await write(true, t + 1); // one microsecond later wins
+    assert.deepEqual(await cached(id), {
       is_online: true,
-      last_seen_at: "2026-11-25T12:00:00.600000Z",
-    }]);
+      last_seen_at: "2026-11-25T12:00:00.500001Z",
+    });
+    await write(false, t + 1000); // offline: out of its cell
+    assert.equal((await cached(id))?.is_online, false);
+    assert.equal(await redis.sismember("{live}:online", id), 0);
   } finally {
-    await redis.del(key);
-    listener.disconnect();
+    await forget(redis, [id]);
   }
 });
 
@@ -827,7 +827,7 @@ test("survives_outages_and_a_crash_after_the_202", async () => {
 test("teardown_removes_the_users_and_keys_it_created", async () => {
   if (created.length) {
     await db`delete from auth.users where id = any(${created}::uuid[])`;
-    await redis.del(...created.map((id) => `presence:${id}`));
+    await forget(redis, created);
   }
   await db.end({ timeout: 1 });
   redis.disconnect();

@@ -108,12 +108,14 @@ export class Latency {
   }
 }
 
-/** Runs `fn` on `workers` concurrent loops at about `perSecond` in total until `until`. */
+/** Runs `fn` on `workers` concurrent loops at about `perSecond` in total until `until`;
+ * `onLate` hears of every call that started behind its schedule (the rate was not held). */
 export async function paced(
   perSecond: number,
   workers: number,
   until: () => boolean,
   fn: () => Promise<void>,
+  onLate: () => void = () => {},
 ): Promise<void> {
   const interval = (1000 * workers) / perSecond;
   await Promise.all(
@@ -125,7 +127,10 @@ export async function paced(
         next += interval;
         const wait = next - performance.now();
         if (wait > 0) await sleep(wait);
-        else next = performance.now(); // behind schedule: do not burst to catch up
+        else {
+          next = performance.now(); // behind schedule: do not burst to catch up
+          if (wait < -100) onLate();
+        }
       }
     }),
   );
@@ -181,3 +186,21 @@ export const CITIES = [
   { name: "Sao Paulo", lat: -23.55, lng: -46.633 },
   { name: "Berlin", lat: 52.52, lng: 13.405 },
 ];
+
+/** CPU time (seconds) of a process and all its children, the exited ones included (a parent
+ * accounts its reaped children in cutime/cstime): Postgres's postmaster and its backends. */
+export async function treeCpuSeconds(pid: number): Promise<number> {
+  const fields = async (p: number | string) => {
+    const stat = await Deno.readTextFile(`/proc/${p}/stat`).catch(() => "");
+    return stat ? stat.slice(stat.lastIndexOf(")") + 2).split(" ") : undefined;
+  };
+  const root = await fields(pid);
+  if (!root) return 0;
+  let ticks = Number(root[11]) + Number(root[12]) + Number(root[13]) + Number(root[14]);
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name) || Number(e.name) === pid) continue;
+    const f = await fields(e.name);
+    if (f && Number(f[1]) === pid) ticks += Number(f[11]) + Number(f[12]);
+  }
+  return ticks / 100;
+}

@@ -1,10 +1,29 @@
-// `make bench`: loads clustered users, drives presence churn through the signed webhook and
-// reads through the functions and PgBouncer, then the seed's polling baseline on the same
-// users, and writes bench/results/<date>-<users>.{json,md,svg}.
-//   deno run -A bench/run.ts --users 50000 --online-ratio 0.1 --duration 60
+// `make bench`: loads clustered users with the online population seeded consistently
+// (profiles, buffer and the Redis live index agree, every online user seen just now), keeps it
+// alive as the bridge does (everyone present re-sent every 60 s), drives the per-user rates
+// uncapped (every online user reads nearby every ~30 s, comes and goes on ~20-minute sessions,
+// moves every ~5 minutes) through the signed webhook and the functions, probes arrivals, leaves
+// and moves, samples the online count in Postgres and in Redis every 5 s (the run fails when
+// either strays more than 5 % from the target), reports CPU time per request for every process,
+// then the seed's polling baseline on the same users. Writes bench/results/<date>-<users>.*.
+//   deno run -A bench/run.ts --users 50000 --online-ratio 0.1 --duration 120
 import postgres from "postgres";
-import { SignJWT } from "jose";
-import { Args, CITIES, Latency, paced, parseArgs, progress, rng, sleep } from "./lib.ts";
+import { Redis } from "ioredis";
+import { signBody } from "../functions/_shared/auth.ts";
+import { localUserJwt } from "../scripts/token.ts";
+import {
+  Args,
+  CITIES,
+  cpuSeconds,
+  Latency,
+  paced,
+  parseArgs,
+  progress,
+  rng,
+  sleep,
+  treeCpuSeconds,
+} from "./lib.ts";
+import { idOf, Population } from "./population.ts";
 import { writeReport } from "./report.ts";
 
 const args: Args = parseArgs(Deno.args);
@@ -13,10 +32,13 @@ const FUNCTIONS_URL = Deno.env.get("FUNCTIONS_URL") ??
 const DB_URL = Deno.env.get("DB_URL") ?? "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
 const POOLER_URL = Deno.env.get("POOLER_URL") ??
   "postgresql://postgres:postgres@127.0.0.1:54329/postgres";
-const JWT_SECRET = Deno.env.get("SUPABASE_JWT_SECRET") ??
-  "super-secret-jwt-token-with-at-least-32-characters-long";
 const WEBHOOK_SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET") ??
   "local-presence-webhook-secret-do-not-use-in-production";
+const ROOT = Deno.env.get("SLTR_ROOT") ?? ".";
+const STATE = Deno.env.get("SLTR_STATE_DIR") ?? `${ROOT}/.state`;
+const redis = new Redis(Deno.env.get("REDIS_URL") ?? "redis://127.0.0.1:54379", {
+  maxRetriesPerRequest: 1,
+});
 
 // The benchmark's own direct connections are named, and left out of the connection counts.
 const BENCH_APP = "sltr-bench-direct";
@@ -32,16 +54,15 @@ const monitor = postgres(DB_URL, {
   connection: { application_name: BENCH_APP },
 });
 
-interface User {
-  id: string;
-  lat: number;
-  lng: number;
-  online: boolean;
-}
+const pop = new Population(args.users);
+const TARGET_ONLINE = Math.round(args.users * args.onlineRatio);
 
+/** Users 1..N in clusters; users 1..TARGET_ONLINE online, seen a moment ago, with a buffered
+ * heartbeat (as the bridge's refresh leaves one), and the live index rebuilt from that: the
+ * population the run claims is the one Postgres and Redis hold from its first second. */
 async function loadUsers(): Promise<void> {
   const t0 = performance.now();
-  progress("load", 0, 3, `creating ${args.users} users`);
+  progress("load", 0, 4, `creating ${args.users} users`);
   await direct`delete from auth.users where email like 'bench-%@sltr.bench'`;
   await direct.begin(async (tx) => {
     await tx`select setseed(0.42)`;
@@ -50,60 +71,66 @@ async function loadUsers(): Promise<void> {
       select ('b0000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, 'authenticated', 'authenticated',
              'bench-' || n || '@sltr.bench'
       from generate_series(1, ${args.users}::int) as n`;
-    progress("load", 1, 3, "profiles");
+    progress("load", 1, 4, "profiles");
     await tx`
       insert into public.profiles (id, display_name, is_online, latitude, longitude, last_seen_at)
       select ('b0000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, 'Bench ' || n,
-             random() < ${args.onlineRatio}::float8,
+             n <= ${TARGET_ONLINE}::int,
              least(89.0, greatest(-89.0, c.lat + r * cos(t) * 0.045)),
              c.lng + r * sin(t) * 0.045 / cos(radians(c.lat)),
-             now() - interval '10 minutes'
+             case when n <= ${TARGET_ONLINE}::int then now() - interval '2 seconds'
+                  else now() - interval '2 hours' end
       from generate_series(1, ${args.users}::int) as n
       cross join lateral (select sqrt(-2 * ln(1 - random())) as r, 2 * pi() * random() as t, n as k) as g
       join jsonb_to_recordset(${tx.json(CITIES.map((c, i) => ({ ...c, i })))}::jsonb)
         as c(i int, lat float8, lng float8) on c.i = g.k % ${CITIES.length}::int`;
+    await tx`
+      insert into public.presence_buffer (user_id, is_online, event_at, latitude, longitude)
+      select p.id, true, now(), p.latitude, p.longitude from public.profiles as p
+      where p.id between ${idOf(1)}::uuid and ${idOf(TARGET_ONLINE)}::uuid
+      on conflict (user_id) do update set is_online = true, event_at = excluded.event_at`;
   });
-  progress("load", 2, 3, "analyze");
+  progress("load", 2, 4, "analyze");
   await direct`analyze auth.users`;
   await direct`analyze public.profiles`;
-  progress("load", 3, 3, `${Math.round(performance.now() - t0)} ms`);
+  await direct`analyze public.presence_buffer`;
+  // Where everyone is, for the load generator.
+  const rows = await direct<{ n: number; lat: number; lng: number }[]>`
+    select ('x' || right(replace(id::text, '-', ''), 12))::bit(48)::bigint::int as n,
+           latitude as lat, longitude as lng
+    from public.profiles where id between ${idOf(1)}::uuid and ${idOf(args.users)}::uuid`;
+  for (const row of rows) {
+    pop.lat[row.n] = row.lat;
+    pop.lng[row.n] = row.lng;
+  }
+  for (let n = 1; n <= TARGET_ONLINE; n++) pop.setOnline(n, true);
+  progress("load", 3, 4, "rebuilding the live index");
+  await redis.del("{live}:built", "{live}:rebuilding");
+  const token = await userJwt(1);
+  while (await redis.get("{live}:built") === null) {
+    await (await fetch(`${FUNCTIONS_URL}/nearby-online?lat=0&lng=0`, {
+      headers: { authorization: `Bearer ${token}` },
+    })).arrayBuffer();
+    await sleep(500);
+  }
+  progress("load", 4, 4, `${Math.round(performance.now() - t0)} ms`);
 }
 
-async function sampleUsers(n: number): Promise<User[]> {
-  const rows = await direct<
-    { id: string; latitude: number; longitude: number; is_online: boolean }[]
-  >`
-    select id, latitude, longitude, is_online from public.profiles
-    where id >= 'b0000000-0000-4000-8000-000000000000' and id <= 'b0000000-0000-4000-8000-ffffffffffff'
-    order by md5(id::text) limit ${n}`;
-  return rows.map((r) => ({ id: r.id, lat: r.latitude, lng: r.longitude, online: r.is_online }));
+const tokens = new Map<number, string>();
+async function userJwt(n: number): Promise<string> {
+  let t = tokens.get(n);
+  if (!t) tokens.set(n, t = await localUserJwt(idOf(n)));
+  return t;
 }
 
-const key = new TextEncoder().encode(JWT_SECRET);
-function userJwt(sub: string): Promise<string> {
-  return new SignJWT({ role: "authenticated", aud: "authenticated" })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(sub).setIssuedAt()
-    .setExpirationTime("2h")
-    .sign(key);
-}
-
-const hmacKey = await crypto.subtle.importKey(
-  "raw",
-  new TextEncoder().encode(WEBHOOK_SECRET),
-  { name: "HMAC", hash: "SHA-256" },
-  false,
-  ["sign"],
-);
 async function signedPost(events: unknown[]): Promise<Response> {
   const body = JSON.stringify({ events });
-  const t = Math.floor(Date.now() / 1000);
-  const mac = new Uint8Array(
-    await crypto.subtle.sign("HMAC", hmacKey, new TextEncoder().encode(`${t}.${body}`)),
-  );
-  const hex = Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join("");
   return await fetch(`${FUNCTIONS_URL}/presence-webhook`, {
     method: "POST",
-    headers: { "content-type": "application/json", "x-sltr-signature": `t=${t},v1=${hex}` },
+    headers: {
+      "content-type": "application/json",
+      "x-sltr-signature": await signBody(WEBHOOK_SECRET, body),
+    },
     body,
   });
 }
@@ -151,167 +178,280 @@ async function serverConnections(): Promise<{ total: number; active: number }> {
   return row;
 }
 
-function pick<T>(xs: T[], r: () => number): T {
-  return xs[Math.floor(r() * xs.length)];
+/** A point around user n's place, up to `metres` away. */
+function jitter(n: number, r: () => number, metres: number): { lat: number; lng: number } {
+  const d = metres / 111_320;
+  const lat = Math.max(-89, Math.min(89, pop.lat[n] + (r() - 0.5) * 2 * d));
+  return { lat, lng: pop.lng[n] + ((r() - 0.5) * 2 * d) / Math.cos((pop.lat[n] * Math.PI) / 180) };
 }
 
-function jitter(u: User, r: () => number, metres: number): { lat: number; lng: number } {
-  const d = metres / 111_320;
+/** CPU seconds so far of each process of the stack, and of this load generator. */
+async function cpuNow(): Promise<Record<string, number>> {
+  const pid = async (file: string) =>
+    Number((await Deno.readTextFile(file).catch(() => "0")).split("\n")[0]);
   return {
-    lat: u.lat + (r() - 0.5) * 2 * d,
-    lng: u.lng + ((r() - 0.5) * 2 * d) / Math.cos((u.lat * Math.PI) / 180),
+    functions: await cpuSeconds(await pid(`${STATE}/run/functions.pid`)).catch(() => 0),
+    postgres: await treeCpuSeconds(await pid(`${STATE}/pg/postmaster.pid`)),
+    pgbouncer: await cpuSeconds(await pid(`${STATE}/run/pgbouncer.pid`)).catch(() => 0),
+    redis: await cpuSeconds(await pid(`${STATE}/run/redis.pid`)).catch(() => 0),
+    bridge: await cpuSeconds(await pid(`${STATE}/run/bridge.pid`)).catch(() => 0),
+    load_generator: await cpuSeconds("self"),
   };
 }
 
-async function presencePhase(users: User[], tokens: string[]) {
+const diff = (a: Record<string, number>, b: Record<string, number>) =>
+  Object.fromEntries(Object.keys(b).map((k) => [k, Math.round((b[k] - a[k]) * 1000) / 1000]));
+
+/** Statement calls and execution time (ms) in pg_stat_statements matching a pattern. */
+async function statements(pattern: string): Promise<{ calls: number; ms: number }> {
+  const [row] = await monitor<{ calls: string | null; ms: number | null }[]>`
+    select sum(calls)::text as calls, sum(total_exec_time) as ms
+    from extensions.pg_stat_statements where query ~* ${pattern}`;
+  return { calls: Number(row.calls ?? 0), ms: Number(row.ms ?? 0) };
+}
+
+const PRESENCE_SQL =
+  "ingest_presence|flush_presence|expire_stale_presence|live_index_snapshot\\(false, \\$1";
+const RECONCILE_SQL = "live_index_snapshot\\(\\)|live_index_snapshot\\(false\\)";
+const READ_SQL =
+  "select user_id, display_name, distance_m, last_seen_at\\s+from public\\.find_nearby|" +
+  "select user_id, is_online, last_seen_at from public\\.get_online_users_batch";
+
+async function presencePhase() {
   const r = rng(7);
   const h = {
     webhook: new Latency(),
     nearby: new Latency(),
     status: new Latency(),
     rpc: new Latency(),
-    propagationBatch: new Latency(),
-    propagationNearby: new Latency(),
+    arrival: { batch: new Latency(), nearby: new Latency() },
+    leave: { batch: new Latency(), nearby: new Latency() },
+    move: { nearby: new Latency() },
   };
-  let cached = 0;
-  let uncached = 0;
-  let degraded = 0;
+  const hits = { nearby: 0, nearbyMiss: 0, status: 0, statusMiss: 0, degraded: 0 };
   let peak = 0;
   let peakActive = 0;
-  // Churn as the bridge would see it: sessions of ~20 min (a join and a leave per online user
-  // every 1,200 s) and a move every ~5 min while online.
-  const onlineUsers = args.users * args.onlineRatio;
-  const joinRate = onlineUsers / 1200;
-  const moveRate = onlineUsers / 300;
-  const churnPerSec = Math.max(20, Math.round(2 * joinRate + moveRate));
-  // Each online user looks at who is nearby about every 30 s.
-  const nearbyPerSec = args.smoke ? 40 : Math.min(250, Math.max(40, Math.round(onlineUsers / 30)));
-  const online = () => users.filter((u) => u.online);
-  const probing = new Set<string>();
+  const online = { pg: [] as number[], redis: [] as number[] };
 
-  // Warm-up: the same mix, not recorded.
+  // Per-user rates, uncapped: every online user reads nearby every ~30 s, a session lasts ~20
+  // minutes (a join and a leave per online user per 1,200 s), a move every ~5 minutes, and the
+  // bridge re-sends everyone present every 60 s.
+  const joinsPerSec = TARGET_ONLINE / 1200;
+  const movesPerSec = TARGET_ONLINE / 300;
+  const refreshPerSec = TARGET_ONLINE / 60;
+  const nearbyPerSec = TARGET_ONLINE / 30;
+  const statusPerSec = args.smoke ? 10 : 50;
+  const rpcPerSec = args.smoke ? 10 : 50;
+
   let stop = false;
   let measuring = false;
+  let nearbyOnly = false;
   const startedAt = performance.now();
   const total = (args.warmup + args.duration) * 1000;
   const done = () => stop;
+  let refreshCursor = 0;
+  let carry = { join: 0, move: 0, refresh: 0 };
+  let sentEvents = 0;
 
-  let presenceCallsBefore = 0;
-  const cronBefore = new Date();
+  // The bridge: one signed batch every 250 ms with what happened meanwhile and a quarter
+  // second's share of the refresh.
   const bridge = paced(4, 1, done, async () => {
+    if (nearbyOnly) return;
+    const at = new Date().toISOString();
     const events: Record<string, unknown>[] = [];
-    for (let i = 0; i < churnPerSec / 4; i++) {
-      const at = new Date().toISOString();
-      const kind = r() * (2 * joinRate + moveRate);
-      const u = kind < joinRate ? pick(users, r) : pick(online(), r);
-      if (probing.has(u.id)) continue;
-      if (kind >= joinRate && kind < 2 * joinRate) {
-        u.online = false;
-        events.push({ user_id: u.id, status: "offline", at });
-      } else {
-        // A join (whoever was picked, usually someone offline) or a move of up to ~300 m.
-        const p = jitter(u, r, u.online ? 300 : 50);
-        u.online = true;
-        u.lat = p.lat;
-        u.lng = p.lng;
-        events.push({ user_id: u.id, status: "online", at, lat: p.lat, lng: p.lng });
+    carry = {
+      join: carry.join + joinsPerSec / 4,
+      move: carry.move + movesPerSec / 4,
+      refresh: carry.refresh + refreshPerSec / 4,
+    };
+    for (; carry.join >= 1; carry.join--) {
+      const leaving = pop.pick(true, r);
+      const arriving = pop.pick(false, r);
+      if (leaving !== undefined && pop.online > 1) {
+        pop.setOnline(leaving, false);
+        events.push({ user_id: idOf(leaving), status: "offline", at });
+      }
+      if (arriving !== undefined) {
+        const p = jitter(arriving, r, 50);
+        pop.setOnline(arriving, true);
+        events.push({ user_id: idOf(arriving), status: "online", at, lat: p.lat, lng: p.lng });
       }
     }
-    const res = await timed(measuring ? h.webhook : new Latency(), () => signedPost(events));
-    if (res && res.status !== 202) console.error(`webhook answered ${res.status}`);
+    for (; carry.move >= 1; carry.move--) {
+      const n = pop.pick(true, r);
+      if (n === undefined) continue;
+      const p = jitter(n, r, 300);
+      pop.lat[n] = p.lat;
+      pop.lng[n] = p.lng;
+      events.push({ user_id: idOf(n), status: "online", at, lat: p.lat, lng: p.lng });
+    }
+    for (; carry.refresh >= 1; carry.refresh--) {
+      if (pop.online === 0) break;
+      const n = pop.onlineAt(refreshCursor++ % pop.online);
+      if (!pop.reserved.has(n)) events.push({ user_id: idOf(n), status: "online", at });
+    }
+    for (let i = 0; i < events.length; i += 1000) {
+      const res = await timed(
+        measuring ? h.webhook : new Latency(),
+        () => signedPost(events.slice(i, i + 1000)),
+      );
+      if (res && res.status !== 202) console.error(`webhook answered ${res.status}`);
+      if (measuring) sentEvents += Math.min(1000, events.length - i);
+    }
   });
-  const nearby = paced(nearbyPerSec, 6, done, async () => {
-    const from = jitter(pick(online(), r), r, 20); // from where an online user is
+
+  // Readers: open loop at the per-user rate; as many in flight as it takes, up to 64.
+  let nearbyDue = 0;
+  let nearbyLate = 0;
+  const nearby = paced(nearbyPerSec, 64, done, async () => {
+    nearbyDue++;
+    const reader = pop.pick(true, r);
+    if (reader === undefined) return;
+    const from = jitter(reader, r, 20);
     const url = `${FUNCTIONS_URL}/nearby-online?lat=${from.lat.toFixed(5)}&lng=${
       from.lng.toFixed(5)
     }&radius_m=5000&limit=50`;
+    const token = await userJwt(reader);
     const t0 = performance.now();
     try {
-      const res = await fetch(url, { headers: { authorization: `Bearer ${pick(tokens, r)}` } });
+      const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
       const body = res.status === 200 ? await res.json() : (await res.arrayBuffer(), undefined);
       if (!measuring) return;
       h.nearby.recordMs(performance.now() - t0, res.status);
       if (res.status >= 500) h.nearby.errors++;
-      if (body?.cached) cached++;
-      else if (body) uncached++;
-      if (body?.degraded) degraded++;
+      if (body?.cached) hits.nearby++;
+      else if (body) hits.nearbyMiss++;
+      if (body?.degraded) hits.degraded++;
     } catch {
       if (measuring) h.nearby.errors++;
     }
+  }, () => {
+    if (measuring) nearbyLate++;
   });
-  const status = paced(args.smoke ? 20 : 50, 3, done, async () => {
-    const ids = Array.from({ length: 50 }, () => pick(users, r).id);
-    await timed(
+  const status = paced(statusPerSec, 4, done, async () => {
+    if (nearbyOnly) return;
+    const ids = Array.from({ length: 50 }, () => idOf(1 + Math.floor(r() * args.users)));
+    const res = await timed(
       measuring ? h.status : new Latency(),
-      () =>
-        fetch(`${FUNCTIONS_URL}/online-status`, {
+      async () =>
+        await fetch(`${FUNCTIONS_URL}/online-status`, {
           method: "POST",
           headers: {
-            authorization: `Bearer ${pick(tokens, r)}`,
+            authorization: `Bearer ${await userJwt(1 + Math.floor(r() * TARGET_ONLINE))}`,
             "content-type": "application/json",
           },
           body: JSON.stringify({ user_ids: ids }),
+        }).then(async (x) => {
+          const body = x.status === 200 ? await x.clone().json() : undefined;
+          if (measuring && body) body.cached ? hits.status++ : hits.statusMiss++;
+          return x;
         }),
     );
+    void res;
   });
-  const rpc = paced(args.smoke ? 20 : 50, 3, done, async () => {
-    const ids = Array.from({ length: 100 }, () => pick(users, r).id);
+  const rpc = paced(rpcPerSec, 3, done, async () => {
+    if (nearbyOnly) return;
+    const ids = Array.from({ length: 100 }, () => idOf(1 + Math.floor(r() * args.users)));
     const t0 = performance.now();
     try {
-      await batchRpc(users[0].id, ids);
+      await batchRpc(idOf(1), ids);
       if (measuring) h.rpc.recordMs(performance.now() - t0);
     } catch {
       if (measuring) h.rpc.errors++;
     }
   });
-  // Propagation: an offline user comes online; how long until each read path shows it.
-  const probe = paced(1, 1, done, async () => {
-    // Not one of the viewers (tokens belong to users[0..199]: a caller never sees themself),
-    // and kept out of the churn while probed.
-    const candidates = users.slice(tokens.length);
-    const u = candidates.find((x) => !x.online && r() < 0.05) ?? pick(candidates, r);
-    const at = new Date().toISOString();
-    u.online = true;
-    probing.add(u.id);
-    const res = await signedPost([{ user_id: u.id, status: "online", at, lat: u.lat, lng: u.lng }]);
-    await res.arrayBuffer();
-    if (res.status !== 202) return;
-    const accepted = performance.now();
-    const viewer = pick(tokens, r);
-    let seenBatch = false;
-    let seenNearby = false;
-    while ((!seenBatch || !seenNearby) && performance.now() - accepted < 5000) {
-      if (!seenBatch) {
-        const rows = await batchRpc(users[0].id, [u.id]).catch(() => []);
-        if (rows[0]?.is_online) {
-          seenBatch = true;
-          if (measuring) h.propagationBatch.recordMs(performance.now() - accepted);
-        }
-      }
-      if (!seenNearby) {
-        const url = `${FUNCTIONS_URL}/nearby-online?lat=${u.lat.toFixed(5)}&lng=${
-          u.lng.toFixed(5)
-        }&radius_m=2000&limit=500`;
-        const nres = await fetch(url, { headers: { authorization: `Bearer ${viewer}` } });
-        const body = nres.status === 200
-          ? await nres.json()
-          : (await nres.arrayBuffer(), undefined);
-        if (body?.users?.some((x: { user_id: string }) => x.user_id === u.id)) {
-          seenNearby = true;
-          if (measuring) h.propagationNearby.recordMs(performance.now() - accepted);
-        }
+
+  // Probes, one a second in turn: an arrival, a leave, a move; each until every read path
+  // shows it (or 5 s).
+  let probeKind = 0;
+  const viewerOf = async (n: number) => {
+    const v = pop.pick(true, r);
+    return await userJwt(v === n || v === undefined ? 1 : v);
+  };
+  const seenNearby = async (n: number, where: { lat: number; lng: number }, token: string) => {
+    const url = `${FUNCTIONS_URL}/nearby-online?lat=${where.lat.toFixed(5)}&lng=${
+      where.lng.toFixed(5)
+    }&radius_m=1000&limit=500`;
+    const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+    const body = res.status === 200 ? await res.json() : (await res.arrayBuffer(), undefined);
+    return body?.users?.some((x: { user_id: string }) => x.user_id === idOf(n)) ?? false;
+  };
+  const seenBatch = async (n: number) =>
+    (await batchRpc(idOf(1), [idOf(n)]).catch(() => []))[0]
+      ?.is_online;
+  const until = async (check: () => Promise<boolean>, hist: Latency, from: number) => {
+    while (performance.now() - from < 5000) {
+      if (await check().catch(() => false)) {
+        if (measuring) hist.recordMs(performance.now() - from);
+        return;
       }
       await sleep(20);
     }
-    probing.delete(u.id);
-    if (measuring && !seenBatch) h.propagationBatch.errors++;
-    if (measuring && !seenNearby) h.propagationNearby.errors++;
+    if (measuring) hist.errors++;
+  };
+  const probe = paced(1, 1, done, async () => {
+    if (nearbyOnly) return;
+    const kind = ["arrival", "leave", "move"][probeKind++ % 3];
+    const n = pop.pick(kind === "arrival" ? false : true, r);
+    if (n === undefined) return;
+    pop.reserved.add(n);
+    try {
+      const token = await viewerOf(n);
+      const at = new Date().toISOString();
+      if (kind === "arrival") {
+        pop.setOnline(n, true);
+        const p = { lat: pop.lat[n], lng: pop.lng[n] };
+        const res = await signedPost([{ user_id: idOf(n), status: "online", at, ...p }]);
+        await res.arrayBuffer();
+        const from = performance.now();
+        await Promise.all([
+          until(async () => await seenBatch(n) === true, h.arrival.batch, from),
+          until(() => seenNearby(n, p, token), h.arrival.nearby, from),
+        ]);
+      } else if (kind === "leave") {
+        pop.setOnline(n, false);
+        const p = { lat: pop.lat[n], lng: pop.lng[n] };
+        const res = await signedPost([{ user_id: idOf(n), status: "offline", at }]);
+        await res.arrayBuffer();
+        const from = performance.now();
+        await Promise.all([
+          until(async () => await seenBatch(n) === false, h.leave.batch, from),
+          until(async () => !(await seenNearby(n, p, token)), h.leave.nearby, from),
+        ]);
+      } else {
+        // 3 km north: seen from the new place, gone from the old one.
+        const old = { lat: pop.lat[n], lng: pop.lng[n] };
+        const p = { lat: Math.min(89, old.lat + 0.027), lng: old.lng };
+        pop.lat[n] = p.lat;
+        const res = await signedPost([{ user_id: idOf(n), status: "online", at, ...p }]);
+        await res.arrayBuffer();
+        const from = performance.now();
+        await until(
+          async () => await seenNearby(n, p, token) && !(await seenNearby(n, old, token)),
+          h.move.nearby,
+          from,
+        );
+      }
+    } finally {
+      pop.reserved.delete(n);
+    }
   });
   const sampler = (async () => {
+    let nextCount = 0;
     while (!stop) {
       const n = await serverConnections().catch(() => ({ total: 0, active: 0 }));
       if (measuring) peak = Math.max(peak, n.total);
       if (measuring) peakActive = Math.max(peakActive, n.active);
+      if (performance.now() >= nextCount) {
+        nextCount = performance.now() + 5000;
+        const [row] = await monitor<{ n: number }[]>`select monitoring.users_online()::int as n`
+          .catch(() => [{ n: -1 }]);
+        const inRedis = await redis.scard("{live}:online").catch(() => -1);
+        if (measuring) {
+          online.pg.push(row.n);
+          online.redis.push(inRedis);
+        }
+      }
       const elapsed = performance.now() - startedAt;
       progress("presence", Math.min(elapsed, total), total, measuring ? "measuring" : "warm-up");
       await sleep(250);
@@ -319,33 +459,68 @@ async function presencePhase(users: User[], tokens: string[]) {
   })();
 
   await sleep(args.warmup * 1000);
-  presenceCallsBefore = await statementCalls(
-    "ingest_presence|flush_presence|expire_stale_presence",
-  );
+  const before = {
+    presence: await statements(PRESENCE_SQL),
+    reconcile: await statements(RECONCILE_SQL),
+    reads: await statements(READ_SQL),
+    cpu: await cpuNow(),
+  };
   const measureStart = performance.now();
   measuring = true;
   await sleep(args.duration * 1000);
   measuring = false;
-  const minutes = (performance.now() - measureStart) / 60_000;
-  const presenceCalls =
-    (await statementCalls("ingest_presence|flush_presence|expire_stale_presence")) -
-    presenceCallsBefore;
+  const seconds = (performance.now() - measureStart) / 1000;
+  const after = {
+    presence: await statements(PRESENCE_SQL),
+    reconcile: await statements(RECONCILE_SQL),
+    reads: await statements(READ_SQL),
+    cpu: await cpuNow(),
+  };
+  // Then nearby alone, at the same rate, to price one nearby request.
+  nearbyOnly = true;
+  const nearbyCount0 = h.nearby.count;
+  const alone0 = await cpuNow();
+  measuring = true;
+  const aloneSeconds = args.smoke ? 2 : 20;
+  await sleep(aloneSeconds * 1000);
+  measuring = false;
+  const alone = diff(alone0, await cpuNow());
+  const aloneRequests = h.nearby.count - nearbyCount0;
   stop = true;
   await Promise.all([bridge, nearby, status, rpc, probe, sampler]);
   progress("presence", total, total, "done");
 
-  // One interval's flush, timed directly (cron may also have run during the window).
+  const cpu = diff(before.cpu, after.cpu);
+  const requests = h.webhook.count + h.nearby.count - aloneRequests + h.status.count;
+  const perRequestMs = Object.fromEntries(
+    Object.entries(cpu).map((
+      [k, v],
+    ) => [k, Math.round((v * 1000 / Math.max(1, requests)) * 1000) / 1000]),
+  );
+  const achievedNearby = (h.nearby.count - aloneRequests) / seconds;
+  const minutes = seconds / 60;
   const f0 = performance.now();
   const [{ changed }] = await direct<
     { changed: number }[]
   >`select public.flush_presence() as changed`;
   const flushMs = Math.round((performance.now() - f0) * 100) / 100;
-  const cronRuns = await direct<{ ms: number; status: string }[]>`
-    select extract(epoch from end_time - start_time) * 1000 as ms, status from cron.job_run_details d
-    join cron.job j using (jobid) where j.jobname = 'presence-flush' and d.start_time >= ${cronBefore}`
-    .catch(() => []);
+  const within = (xs: number[]) =>
+    xs.length > 0 && xs.every((x) => Math.abs(x - TARGET_ONLINE) <= 0.05 * TARGET_ONLINE);
+  const busiest = Object.entries(cpu).sort((a, b) => b[1] - a[1])[0];
+  const saturated = achievedNearby < 0.95 * nearbyPerSec
+    ? `nearby reads ran at ${achievedNearby.toFixed(0)}/s of ${nearbyPerSec.toFixed(0)}/s; the ` +
+      `machine's two cores were ${
+        Math.round(Object.values(cpu).reduce((a, b) => a + b, 0) / seconds * 50)
+      } % busy, ` +
+      `most of it ${busiest[0]} (${Math.round(busiest[1] / seconds * 100)} % of a core)`
+    : null;
 
   return {
+    target_online: TARGET_ONLINE,
+    online_measured_min: Math.min(...online.pg, ...online.redis),
+    online_measured_max: Math.max(...online.pg, ...online.redis),
+    online_samples: online,
+    online_held: within(online.pg) && within(online.redis),
     endpoints: {
       "presence-webhook": h.webhook.summary(),
       "nearby-online": h.nearby.summary(),
@@ -353,22 +528,48 @@ async function presencePhase(users: User[], tokens: string[]) {
       "get_online_users_batch (PgBouncer)": h.rpc.summary(),
     },
     propagation: {
-      get_online_users_batch: h.propagationBatch.summary(),
-      "nearby-online": h.propagationNearby.summary(),
+      "arrival -> get_online_users_batch": h.arrival.batch.summary(),
+      "arrival -> nearby-online": h.arrival.nearby.summary(),
+      "leave -> get_online_users_batch": h.leave.batch.summary(),
+      "leave -> nearby-online": h.leave.nearby.summary(),
+      "move -> nearby-online": h.move.nearby.summary(),
     },
-    churn_events_per_s: churnPerSec,
-    nearby_requests_per_s: nearbyPerSec,
+    rates_per_s: {
+      nearby_target: Math.round(nearbyPerSec),
+      nearby_achieved: Math.round(achievedNearby),
+      nearby_scheduled_late: nearbyLate,
+      presence_events_target: Math.round(2 * joinsPerSec + movesPerSec + refreshPerSec),
+      presence_events_achieved: Math.round(sentEvents / seconds),
+      online_status: statusPerSec,
+      get_online_users_batch: rpcPerSec,
+    },
+    saturated,
     cache: {
-      hits: cached,
-      misses: uncached,
-      degraded,
-      hit_rate: cached + uncached ? cached / (cached + uncached) : 0,
+      hits: hits.nearby,
+      misses: hits.nearbyMiss,
+      degraded: hits.degraded,
+      hit_rate: hits.nearby + hits.nearbyMiss ? hits.nearby / (hits.nearby + hits.nearbyMiss) : 0,
+      online_status_hit_rate: hits.status + hits.statusMiss
+        ? hits.status / (hits.status + hits.statusMiss)
+        : 0,
+      read_statements_in_window: after.reads.calls - before.reads.calls,
     },
+    cpu_seconds: cpu,
+    cpu_ms_per_request: perRequestMs,
+    functions_cpu_ms_per_nearby_request:
+      Math.round((alone.functions * 1000 / Math.max(1, aloneRequests)) * 1000) / 1000,
+    nearby_alone: { requests: aloneRequests, seconds: aloneSeconds, cpu_seconds: alone },
     peak_server_connections: peak,
     peak_active_server_connections: peakActive,
-    presence_db_statements: presenceCalls,
-    presence_db_statements_per_min: Math.round(presenceCalls / minutes),
-    flush: { rows_changed: changed, ms: flushMs, cron_runs: cronRuns },
+    presence_db_statements: after.presence.calls - before.presence.calls,
+    presence_db_statements_per_min: Math.round(
+      (after.presence.calls - before.presence.calls) / minutes,
+    ),
+    reconciliation: {
+      statements: after.reconcile.calls - before.reconcile.calls,
+      db_ms: Math.round(after.reconcile.ms - before.reconcile.ms),
+    },
+    flush: { rows_changed: changed, ms: flushMs },
   };
 }
 
@@ -419,18 +620,26 @@ async function pollingPhase() {
 }
 
 const started = new Date();
+let held = true;
 try {
   await loadUsers();
-  const users = await sampleUsers(Math.min(args.users, 20_000));
-  const tokens = await Promise.all(users.slice(0, 200).map((u) => userJwt(u.id)));
-  const presence = await presencePhase(users, tokens);
+  const presence = await presencePhase();
+  held = presence.online_held;
   const polling = await pollingPhase();
   const files = await writeReport(args, started, presence, polling);
   console.log(await Deno.readTextFile(files.md));
   console.log(`results: ${files.json}, ${files.md}, ${files.svg}`);
+  if (!held) {
+    console.error(
+      `the run did not hold its online population: ${presence.online_measured_min}..${presence.online_measured_max} for ${TARGET_ONLINE}`,
+    );
+  }
 } finally {
   if (!args.keep) {
     await direct`delete from auth.users where email like 'bench-%@sltr.bench'`.catch(() => {});
+    await redis.del("{live}:built").catch(() => 0); // rebuilt without them on the next read
   }
+  redis.disconnect();
   await Promise.all([direct.end(), pooled.end(), monitor.end()]);
 }
+if (!held) Deno.exit(1);

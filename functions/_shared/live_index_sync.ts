@@ -15,13 +15,26 @@ const RECONCILE_LOCK = "{live}:reconciled";
 /** How often the index is reconciled with Postgres. */
 export const RECONCILE_SECONDS = 60;
 
-async function snapshot(onlineOnly: boolean, userIds?: string[]): Promise<SnapshotRow[]> {
+/** One snapshot. Three statements, not one with arguments, so pg_stat_statements tells the
+ * rebuild, the reconciliation and the webhook's fill apart. */
+async function snapshot(kind: "rebuild" | "reconcile" | "fill", userIds?: string[]) {
   return await query(
     (sql) =>
-      sql<SnapshotRow[]>`
-        select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
-        from private.live_index_snapshot(${onlineOnly}, ${userIds ?? null}::uuid[])`,
-    onlineOnly ? "live_index_reconcile" : "live_index_snapshot",
+      kind === "rebuild"
+        ? sql<
+          SnapshotRow[]
+        >`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
+                            from private.live_index_snapshot(false)`
+        : kind === "reconcile"
+        ? sql<
+          SnapshotRow[]
+        >`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
+                            from private.live_index_snapshot()`
+        : sql<
+          SnapshotRow[]
+        >`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
+                            from private.live_index_snapshot(false, ${userIds!}::uuid[])`,
+    `live_index_${kind}`,
   );
 }
 
@@ -60,7 +73,7 @@ function background(work: () => Promise<void>): void {
 export async function rebuild(r: Redis): Promise<void> {
   const started = performance.now();
   const takenAt = (Date.now() - 1000) * 1000;
-  const rows = await snapshot(false);
+  const rows = await snapshot("rebuild");
   await load(r, rows);
   await prune(r, takenAt, rows.filter((row) => row.is_online).map((row) => row.user_id));
   await r.multi().set(BUILT, String(takenAt)).set(RECONCILE_LOCK, "1", "EX", RECONCILE_SECONDS)
@@ -72,7 +85,7 @@ export async function rebuild(r: Redis): Promise<void> {
 export async function reconcile(r: Redis): Promise<void> {
   const started = performance.now();
   const takenAt = (Date.now() - 1000) * 1000;
-  const rows = await snapshot(true);
+  const rows = await snapshot("reconcile");
   await load(r, rows);
   await prune(r, takenAt, rows.map((row) => row.user_id));
   recordIndexSync("reconcile", rows.length, (performance.now() - started) / 1000);
@@ -82,7 +95,7 @@ export async function reconcile(r: Redis): Promise<void> {
  * Postgres does not know (events for unknown users, which ingest_presence ignored) go. */
 export async function fill(r: Redis, userIds: string[]): Promise<void> {
   if (!userIds.length) return;
-  const rows = await snapshot(false, userIds);
+  const rows = await snapshot("fill", userIds);
   await load(r, rows);
   const known = new Set(rows.map((row) => row.user_id));
   await forget(r, userIds.filter((id) => !known.has(id)));

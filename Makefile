@@ -50,9 +50,9 @@ lint: install ## squawk on migrations/, deno lint and fmt --check
 test: install ## Run every suite: lint, pgTAP, migrations, Deno
 	@$(S)/test.sh all
 
-BENCH_ARGS ?= --users 50000 --online-ratio 0.1 --duration 60
+BENCH_ARGS ?= --users 50000 --online-ratio 0.1 --duration 120 --warmup 60
 bench: start ## Benchmark against the local stack (BENCH_ARGS="--users 1000000 ...")
-	@source $(S)/lib.sh && cd bench/.. && "$$NODE_BIN/deno" run -A bench/run.ts $(BENCH_ARGS)
+	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/run.ts $(BENCH_ARGS)
 
 demo: start ## The demo driver in the foreground: seed users 101-300 come and go (page: /demo/)
 	@source $(S)/lib.sh && cd "$$ROOT" && exec "$$NODE_BIN/deno" run -A demo/driver.ts

@@ -1,5 +1,5 @@
 // The read path's latency at scale: get_online_users_batch, nearby_online_users and the
-// nearby-online / online-status functions (cold and warm cache), plus the nearby search done
+// nearby-online / online-status functions (from the live index), plus the nearby search done
 // three ways on the same data (B-tree bounding box, PostGIS KNN on the partial GiST index,
 // Redis GEOSEARCH). Loads --users profiles (5% online, and a presence buffer as the presence
 // pipeline keeps it) into the running stack, measures over persistent connections after a
@@ -125,6 +125,7 @@ async function cleanup(): Promise<void> {
     await direct`vacuum analyze auth.users`;
     await direct`vacuum analyze public.profiles`;
     await direct`vacuum analyze public.presence_buffer`;
+    await redis.del("{live}:built"); // the live index is rebuilt without them
     log(`removed ${removed} bench users in ${Math.round(performance.now() - t0)} ms`);
   }
 }
@@ -403,22 +404,12 @@ async function main() {
     const body = await res.json();
     return body.cached === want;
   };
-  const hot = Array.from({ length: 300 }, () => pick(points));
-  for (const p of hot) await ask(p, false);
-  const [hits0, misses0] = (await redis.mget("metrics:nearby:hits", "metrics:nearby:misses")).map(
-    Number,
-  );
+  // The profiles were loaded straight into Postgres: the live index is rebuilt from them.
+  await redis.del("{live}:built", "{live}:rebuilding");
+  while (!(await ask(pick(points), true))) await new Promise((r) => setTimeout(r, 200));
   const functions = {
-    nearby_online_cold: await measure("nearby-online, cold cache (miss)", async () => {
-      const p = pick(points);
-      // A fresh cell: jitter by up to ~1 km (query cells are ~200 m).
-      return await ask({
-        lat: p.lat + (random() - 0.5) * 0.02,
-        lng: p.lng + (random() - 0.5) * 0.03,
-      }, false);
-    }),
-    nearby_online_warm: await measure("nearby-online, warm cache (hit)", async () => {
-      return await ask(pick(hot), true);
+    nearby_online_index: await measure("nearby-online, from the live index", async () => {
+      return await ask(pick(points), true);
     }),
     online_status_100: await measure("online-status, 100 ids", async () => {
       const res = await fetch(`${FUNCTIONS_URL}/online-status`, {
@@ -430,11 +421,6 @@ async function main() {
       await res.arrayBuffer();
     }),
   };
-  const [hits1, misses1] = (await redis.mget("metrics:nearby:hits", "metrics:nearby:misses")).map(
-    Number,
-  );
-  const counters = { hits: hits1 - hits0, misses: misses1 - misses0 };
-  log(`Redis counters during the function runs: ${counters.hits} hits, ${counters.misses} misses`);
 
   const comparison = await compare(points);
 
@@ -449,7 +435,6 @@ async function main() {
     load_average: (await Deno.readTextFile("/proc/loadavg").catch(() => "")).split(" ").slice(0, 3),
     rpc,
     functions,
-    cache_counters: counters,
     nearby_comparison: comparison,
   };
   await Deno.mkdir("bench/results", { recursive: true });
@@ -472,8 +457,7 @@ async function main() {
       rpc.nearby_online_users_as_postgrest,
     ),
   );
-  console.log(row("nearby-online function, cold cache", functions.nearby_online_cold));
-  console.log(row("nearby-online function, warm cache", functions.nearby_online_warm));
+  console.log(row("nearby-online function (live index)", functions.nearby_online_index));
   console.log(row("online-status function (100 ids)", functions.online_status_100));
   console.log(row("nearby core: B-tree bounding box", comparison.btree_bbox));
   console.log(row("nearby core: PostGIS KNN, partial GiST", comparison.gist_knn));

@@ -26,6 +26,12 @@ export const CELLS = `${PREFIX}:cells`;
 export const ONLINE = `${PREFIX}:online`;
 export const NAMES = `${PREFIX}:names`;
 export const BUILT = `${PREFIX}:built`;
+/** Held while one process rebuilds the index (120 s at most). */
+export const REBUILDING = `${PREFIX}:rebuilding`;
+/** Set for a minute by whoever starts the minute's reconciliation. */
+export const RECONCILED = `${PREFIX}:reconciled`;
+/** How often the index is reconciled with Postgres. */
+export const RECONCILE_SECONDS = 60;
 export const cellKey = (cell: string) => `${PREFIX}:cell:${cell}`;
 export const userKey = (id: string) => `${PREFIX}:user:${id}`;
 
@@ -218,12 +224,32 @@ end
 return dropped
 `;
 
+/** Every read first says whether the index can answer and what upkeep falls to its caller:
+ * 'cold' (not built; another process is rebuilding it), 'rebuild' (not built; this caller got
+ * the lock and rebuilds), 'reconcile' (built; this caller reconciles this minute), 'ready'. In
+ * the read's own script: one round trip a request. */
+export type Readiness = "ready" | "reconcile" | "cold" | "rebuild";
+
+const READINESS = `
+local function readiness()
+  if redis.call('EXISTS', '${BUILT}') == 0 then
+    return redis.call('SET', '${REBUILDING}', '1', 'EX', 120, 'NX') and 'rebuild' or 'cold'
+  end
+  return redis.call('SET', '${RECONCILED}', '1', 'EX', ${RECONCILE_SECONDS}, 'NX') and 'reconcile'
+    or 'ready'
+end
+`;
+
+export const canAnswer = (state: Readiness) => state === "ready" || state === "reconcile";
+
 /** The occupied cells nearest to (lng, lat) within a radius, nearest first by Redis's own
  * distance, with the users seen since ARGV[4]: flat (cell, count, then count x (id, seen)),
  * then the names of everyone returned. It stops once `need` users are in and no farther cell
  * can hold a nearer one (Redis measures on a slightly larger sphere and rounds positions to
  * its geohash: the margin covers both; the caller computes the exact distances). */
-const NEARBY = `
+const NEARBY = `${READINESS}
+local state = readiness()
+if state == 'cold' or state == 'rebuild' then return {state} end
 local lng, lat, radius, since, need = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local cells = redis.call('GEOSEARCH', '${CELLS}', 'FROMLONLAT', lng, lat, 'BYRADIUS', radius, 'm',
   'ASC', 'WITHDIST')
@@ -250,7 +276,7 @@ for j = 1, #ids, 500 do
   for k = j, math.min(j + 499, #ids) do chunk[#chunk + 1] = ids[k] end
   for _, n in ipairs(redis.call('HMGET', '${NAMES}', unpack(chunk))) do names[#names + 1] = n or '' end
 end
-return {out, names}
+return {state, out, names}
 `;
 
 /** Users that do not exist (unknown ids an event named): out of the index entirely. */
@@ -267,13 +293,15 @@ return #ARGV
 `;
 
 /** (online, last seen) of each id: the user hash's o and s, or nothing when not indexed. */
-const STATUS = `
+const STATUS = `${READINESS}
+local state = readiness()
+if state == 'cold' or state == 'rebuild' then return {state} end
 local out = {}
 for i, id in ipairs(ARGV) do
   local v = redis.call('HMGET', '${PREFIX}:user:' .. id, 'o', 's')
   out[i] = v[1] and (v[1] .. ':' .. (v[2] or '')) or false
 end
-return out
+return {state, out}
 `;
 
 const shas = new Map<string, string>();
@@ -367,22 +395,24 @@ export interface NearbyUser {
   last_seen_at: string | null;
 }
 
-/** find_nearby_online_users from the index: no Postgres statement. */
+/** find_nearby_online_users from the index: no Postgres statement. `users` is absent when the
+ * index is not built. */
 export async function nearby(
   r: Redis,
   q: { lat: number; lng: number; radius_m: number; limit: number },
   excluded: string | null,
   nowMs = Date.now(),
-): Promise<NearbyUser[]> {
+): Promise<{ state: Readiness; users?: NearbyUser[] }> {
   const need = q.limit + (excluded ? 1 : 0);
-  const [flat, names] = await run(r, NEARBY, [
+  const [state, flat, names] = await run(r, NEARBY, [
     q.lng,
     q.lat,
     q.radius_m * 1.001 + 10,
     (nowMs - ONLINE_WINDOW_MS) * 1000,
     need,
-  ]) as [string[], string[]];
-  const found: (NearbyUser & { d: number })[] = [];
+  ]) as [Readiness, string[], string[]];
+  if (!canAnswer(state)) return { state };
+  const found: { user_id: string; display_name: string; seen: number; d: number }[] = [];
   let n = 0;
   for (let i = 0; i < flat.length;) {
     const centre = cellCentre(flat[i]);
@@ -392,17 +422,17 @@ export async function nearby(
     for (let k = 0; k < count; k++, i += 2, n++) {
       const id = flat[i];
       if (d > q.radius_m || id === excluded) continue;
-      found.push({
-        user_id: id,
-        display_name: names[n],
-        distance_m: shownDistance(d),
-        last_seen_at: isoOfMicros(Number(flat[i + 1])),
-        d,
-      });
+      found.push({ user_id: id, display_name: names[n], seen: Number(flat[i + 1]), d });
     }
   }
   found.sort((a, b) => a.d - b.d || (a.user_id < b.user_id ? -1 : a.user_id > b.user_id ? 1 : 0));
-  return found.slice(0, q.limit).map(({ d: _, ...u }) => u);
+  const users = found.slice(0, q.limit).map((u) => ({
+    user_id: u.user_id,
+    display_name: u.display_name,
+    distance_m: shownDistance(u.d),
+    last_seen_at: isoOfMicros(u.seen),
+  }));
+  return { state, users };
 }
 
 export interface Status {
@@ -417,8 +447,9 @@ export async function statuses(
   r: Redis,
   ids: string[],
   nowMs = Date.now(),
-): Promise<{ found: Status[]; missing: string[] }> {
-  const raw = await run(r, STATUS, ids) as (string | null)[];
+): Promise<{ state: Readiness; found?: Status[]; missing?: string[] }> {
+  const [state, raw] = await run(r, STATUS, ids) as [Readiness, (string | null)[]];
+  if (!canAnswer(state)) return { state };
   const found: Status[] = [];
   const missing: string[] = [];
   ids.forEach((id, i) => {
@@ -432,5 +463,5 @@ export async function statuses(
       last_seen_at: seen !== undefined ? isoOfMicros(seen) : null,
     });
   });
-  return { found, missing };
+  return { state, found, missing };
 }

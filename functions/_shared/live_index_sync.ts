@@ -1,19 +1,25 @@
 // Keeping the live index true to Postgres: a cold or emptied Redis is rebuilt from one snapshot
 // of every user; every minute an online-only snapshot reconciles it (repairing writes lost
 // while Redis or the webhook's write-through failed). Both run in the background of whichever
-// request finds them due (a lock in Redis makes it one at a time, across processes), outside
-// that request's statement count: their database load is their own (sltr_live_index_*).
+// read finds them due (the read's own script takes a lock in Redis, so it is one at a time
+// across processes: live_index.ts, Readiness), outside that request's statement count: their
+// database load is their own (sltr_live_index_*).
 import type { Redis } from "ioredis";
 import { query } from "./db.ts";
-import { BUILT, forget, load, prune, type SnapshotRow } from "./live_index.ts";
+import {
+  BUILT,
+  forget,
+  load,
+  prune,
+  type Readiness,
+  REBUILDING,
+  RECONCILE_SECONDS,
+  RECONCILED,
+  type SnapshotRow,
+} from "./live_index.ts";
 import { recordIndexSync } from "./metrics.ts";
 import { writer } from "./redis.ts";
 import { outsideRequest } from "./request.ts";
-
-const REBUILD_LOCK = "{live}:rebuilding";
-const RECONCILE_LOCK = "{live}:reconciled";
-/** How often the index is reconciled with Postgres. */
-export const RECONCILE_SECONDS = 60;
 
 /** One snapshot. Three statements, not one with arguments, so pg_stat_statements tells the
  * rebuild, the reconciliation and the webhook's fill apart. */
@@ -38,27 +44,20 @@ async function snapshot(kind: "rebuild" | "reconcile" | "fill", userIds?: string
   );
 }
 
-/** Whether the index has been built; if not, starts (or waits for another process's) rebuild.
- * When built, starts the minute's reconciliation if it is due. */
-export async function indexReady(r: Redis): Promise<boolean> {
-  const built = await r.get(BUILT);
+/** Starts the upkeep a read was given (see Readiness): the rebuild or the reconciliation. */
+export function keepIndexTrue(state: Readiness): void {
   // The work itself goes through the writer connection (longer timeouts), in short scripts
   // that keep Redis free for the reads in between.
-  const w = writer() ?? r;
-  if (built === null) {
-    if (await r.set(REBUILD_LOCK, "1", "EX", 120, "NX")) background(() => rebuild(w));
-    return false;
-  }
-  if (await r.set(RECONCILE_LOCK, "1", "EX", RECONCILE_SECONDS, "NX")) {
-    background(() => reconcile(w));
-  }
-  return true;
+  const w = writer();
+  if (!w) return;
+  if (state === "rebuild") background(() => rebuild(w));
+  else if (state === "reconcile") background(() => reconcile(w));
 }
 
 function background(work: () => Promise<void>): void {
   outsideRequest(() => {
     const done = work().catch(async (e) => {
-      await writer()?.del(REBUILD_LOCK).catch(() => 0); // let the next request try again
+      await writer()?.del(REBUILDING).catch(() => 0); // let the next request try again
       console.error(
         JSON.stringify({ level: "error", msg: "live index sync failed", error: String(e) }),
       );
@@ -76,8 +75,8 @@ export async function rebuild(r: Redis): Promise<void> {
   const rows = await snapshot("rebuild");
   await load(r, rows);
   await prune(r, takenAt, rows.filter((row) => row.is_online).map((row) => row.user_id));
-  await r.multi().set(BUILT, String(takenAt)).set(RECONCILE_LOCK, "1", "EX", RECONCILE_SECONDS)
-    .del(REBUILD_LOCK).exec();
+  await r.multi().set(BUILT, String(takenAt)).set(RECONCILED, "1", "EX", RECONCILE_SECONDS)
+    .del(REBUILDING).exec();
   recordIndexSync("rebuild", rows.length, (performance.now() - started) / 1000);
 }
 

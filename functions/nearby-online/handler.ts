@@ -11,7 +11,7 @@ import { requireUser } from "../_shared/auth.ts";
 import { query } from "../_shared/db.ts";
 import { HttpError, json, requireMethod, serveJson } from "../_shared/http.ts";
 import { nearby, type NearbyUser } from "../_shared/live_index.ts";
-import { indexReady } from "../_shared/live_index_sync.ts";
+import { keepIndexTrue } from "../_shared/live_index_sync.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
 import { statementsSoFar } from "../_shared/request.ts";
@@ -111,9 +111,11 @@ export const handler = serveJson("nearby-online", async (req) => {
     return json({ users, cached, degraded });
   };
 
-  const fromIndex = await tryRedis(async (r) =>
-    await indexReady(r) ? await nearby(r, q, caller) : undefined
-  );
+  const fromIndex = await tryRedis(async (r) => {
+    const read = await nearby(r, q, caller);
+    keepIndexTrue(read.state);
+    return read.users;
+  });
   if (!fromIndex.ok) {
     recordCache("nearby", "error");
     recordDegraded("nearby-online");

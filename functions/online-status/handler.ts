@@ -10,7 +10,7 @@ import { requireUser } from "../_shared/auth.ts";
 import { query } from "../_shared/db.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";
 import { statuses } from "../_shared/live_index.ts";
-import { indexReady } from "../_shared/live_index_sync.ts";
+import { keepIndexTrue } from "../_shared/live_index_sync.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
 import { statementsSoFar } from "../_shared/request.ts";
@@ -68,14 +68,16 @@ export const handler = serveJson("online-status", async (req) => {
   await requireUser(req);
   const ids = parseIds(parseJson(await readBody(req, MAX_BODY_BYTES)));
 
-  const read = await tryRedis(async (r) =>
-    await indexReady(r) ? await statuses(r, ids) : undefined
-  );
+  const read = await tryRedis(async (r) => {
+    const answer = await statuses(r, ids);
+    keepIndexTrue(answer.state);
+    return answer;
+  });
   const found = new Map<string, Status>();
   let missing = ids;
-  if (read.ok && read.value) {
+  if (read.ok && read.value.found) {
     for (const s of read.value.found) found.set(s.user_id, s);
-    missing = read.value.missing;
+    missing = read.value.missing!;
   }
   if (missing.length) { for (const row of await fromDb(missing)) found.set(row.user_id, row); }
   const degraded = !read.ok;

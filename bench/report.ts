@@ -129,6 +129,20 @@ export async function writeReport(args: Args, started: Date, presence: Phase, po
     `| seed's polling (every client, every 30 s) | ${polling.required_statements_per_min} required, ${polling.achieved_statements_per_min} achieved | ${polling.peak_server_connections} (${polling.peak_active_server_connections}) | ${polling.latency.p99_ms} ms |`,
     `| presence pipeline (webhook batches + cron flush) | ${summary.presence_db_statements_per_min} | ${presence.peak_server_connections} (${presence.peak_active_server_connections}) | ${summary.api_p99_ms} ms |`,
     "",
+    "## Where Postgres spent its time in the measured window",
+    "",
+    "| Postgres process | CPU seconds |",
+    "| --- | --- |",
+    ...Object.entries(presence.postgres_cpu_seconds_by_process ?? {}).map(([k, v]) =>
+      `| ${k} | ${v} |`
+    ),
+    "",
+    "| statement (pg_stat_statements) | calls | total ms |",
+    "| --- | --- | --- |",
+    ...(presence.top_statements ?? []).map((x: { query: string; calls: number; ms: number }) =>
+      `| \`${x.query.replace(/\|/g, "\\|")}\` | ${x.calls} | ${x.ms} |`
+    ),
+    "",
   ].join("\n");
   await Deno.writeTextFile(files.md, md);
   await Deno.writeTextFile(files.svg, svg(endpoints, polling, summary));

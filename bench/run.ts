@@ -193,6 +193,63 @@ async function cpuNow(): Promise<Record<string, number>> {
   };
 }
 
+/** Postgres's CPU so far by kind of process (client backends by application_name, walsender,
+ * autovacuum, checkpointer, ...), and what exited backends used (the postmaster's cutime). */
+async function postgresCpuNow(): Promise<{ byPid: Map<number, [string, number]>; exited: number }> {
+  const postmaster = Number(
+    (await Deno.readTextFile(`${STATE}/pg/postmaster.pid`).catch(() => "0")).split("\n")[0],
+  );
+  const rows = await monitor<{ pid: number; label: string }[]>`
+    select pid, case when backend_type = 'client backend'
+      then 'client ' || coalesce(nullif(application_name, ''), 'unnamed') else backend_type end as label
+    from pg_stat_activity where pid <> pg_backend_pid()`;
+  const byPid = new Map<number, [string, number]>();
+  for (const row of rows) {
+    const s = await cpuSeconds(row.pid).catch(() => undefined);
+    if (s !== undefined) byPid.set(row.pid, [row.label, s]);
+  }
+  const stat = await Deno.readTextFile(`/proc/${postmaster}/stat`).catch(() => "");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return { byPid, exited: stat ? (Number(f[13]) + Number(f[14])) / 100 : 0 };
+}
+
+/** Where Postgres spent its CPU between two postgresCpuNow() readings, seconds by label. */
+function postgresCpuDiff(
+  a: Awaited<ReturnType<typeof postgresCpuNow>>,
+  b: Awaited<ReturnType<typeof postgresCpuNow>>,
+): Record<string, number> {
+  const out: Record<string, number> = { "exited backends": b.exited - a.exited };
+  for (const [pid, [label, s]] of b.byPid) {
+    out[label] = (out[label] ?? 0) + s - (a.byPid.get(pid)?.[1] ?? 0);
+  }
+  return Object.fromEntries(
+    Object.entries(out).filter(([, s]) => s >= 0.05).sort((x, y) => y[1] - x[1])
+      .map(([k, s]) => [k, Math.round(s * 100) / 100]),
+  );
+}
+
+/** pg_stat_statements now: calls and time per statement. */
+async function statementsNow(): Promise<Map<string, { calls: number; ms: number; query: string }>> {
+  const rows = await monitor<{ id: string; calls: string; ms: number; query: string }[]>`
+    select queryid::text as id, calls::text, total_exec_time as ms,
+      left(regexp_replace(query, '\s+', ' ', 'g'), 90) as query
+    from extensions.pg_stat_statements`;
+  return new Map(rows.map((r) => [r.id, { calls: Number(r.calls), ms: r.ms, query: r.query }]));
+}
+
+/** The statements that took the most database time between two statementsNow() readings. */
+function topStatements(
+  a: Awaited<ReturnType<typeof statementsNow>>,
+  b: Awaited<ReturnType<typeof statementsNow>>,
+  n = 6,
+) {
+  return [...b].map(([id, x]) => ({
+    query: x.query,
+    calls: x.calls - (a.get(id)?.calls ?? 0),
+    ms: Math.round(x.ms - (a.get(id)?.ms ?? 0)),
+  })).filter((x) => x.calls > 0).sort((x, y) => y.ms - x.ms).slice(0, n);
+}
+
 const diff = (a: Record<string, number>, b: Record<string, number>) =>
   Object.fromEntries(Object.keys(b).map((k) => [k, Math.round((b[k] - a[k]) * 1000) / 1000]));
 
@@ -467,6 +524,8 @@ async function presencePhase() {
     reconcile: await statements(RECONCILE_SQL),
     reads: await statements(READ_SQL),
     cpu: await cpuNow(),
+    pg: await postgresCpuNow(),
+    top: await statementsNow(),
   };
   const measureStart = performance.now();
   measuring = true;
@@ -478,6 +537,8 @@ async function presencePhase() {
     reconcile: await statements(RECONCILE_SQL),
     reads: await statements(READ_SQL),
     cpu: await cpuNow(),
+    pg: await postgresCpuNow(),
+    top: await statementsNow(),
   };
   // Then nearby alone, at the same rate, to price one nearby request.
   nearbyOnly = true;
@@ -558,6 +619,8 @@ async function presencePhase() {
       read_statements_in_window: after.reads.calls - before.reads.calls,
     },
     cpu_seconds: cpu,
+    postgres_cpu_seconds_by_process: postgresCpuDiff(before.pg, after.pg),
+    top_statements: topStatements(before.top, after.top),
     cpu_ms_per_request: perRequestMs,
     functions_cpu_ms_per_nearby_request:
       Math.round((alone.functions * 1000 / Math.max(1, aloneRequests)) * 1000) / 1000,

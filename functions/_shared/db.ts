@@ -2,7 +2,7 @@
 import postgres from "postgres";
 import { env } from "./env.ts";
 import { HttpError } from "./http.ts";
-import { observeQuery } from "./metrics.ts";
+import { observeQuery, recordFallbackRefused } from "./metrics.ts";
 import { countStatement } from "./request.ts";
 
 export type Sql = postgres.Sql;
@@ -123,6 +123,31 @@ export async function query<T>(run: (sql: Sql) => Promise<T>, label = "query"): 
     throw e;
   } finally {
     clearTimeout(timer);
+  }
+}
+
+let fallbacksInFlight = 0;
+
+/** A read Postgres answers because the live index could not (Redis down or too slow, the index
+ * being built). At most SLTR_FALLBACK_CONCURRENCY of them run at once in a process; beyond,
+ * 503 + Retry-After. When Redis is slow because the machine is saturated, sending every read
+ * to Postgres, where a nearby answer costs a hundred times what the index charges, turns a
+ * slow spell into an outage (seen at 1M users before this bound). */
+export async function fallback<T>(fn: string, work: () => Promise<T>): Promise<T> {
+  if (fallbacksInFlight >= env().fallbackConcurrency) {
+    recordFallbackRefused(fn);
+    throw new HttpError(
+      503,
+      "overloaded",
+      "Too many reads are waiting for the database; retry shortly.",
+      { "retry-after": "1" },
+    );
+  }
+  fallbacksInFlight++;
+  try {
+    return await work();
+  } finally {
+    fallbacksInFlight--;
   }
 }
 

@@ -29,6 +29,9 @@ export interface Env {
   /** How long query() waits for the database, queueing in the pooler included, before it
    * answers 503 + Retry-After (SLTR_DB_QUERY_TIMEOUT_MS, default 5000). */
   dbQueryTimeoutMs: number;
+  /** Reads Postgres may answer at once in a process when the live index cannot
+   * (SLTR_FALLBACK_CONCURRENCY, default 4): see fallback() in db.ts. */
+  fallbackConcurrency: number;
   /** Lifetime of a presence ticket (PRESENCE_TICKET_TTL_SECONDS, default 900). */
   presenceTicketTtlSeconds: number;
 }
@@ -47,6 +50,7 @@ export function env(): Env {
     sentryEnvironment: optional("SENTRY_ENVIRONMENT"),
     sentryTracesSampleRate: Number(optional("SENTRY_TRACES_SAMPLE_RATE") ?? "0.1"),
     dbQueryTimeoutMs: Number(optional("SLTR_DB_QUERY_TIMEOUT_MS") ?? "5000"),
+    fallbackConcurrency: Number(optional("SLTR_FALLBACK_CONCURRENCY") ?? "4"),
     presenceTicketTtlSeconds: Number(optional("PRESENCE_TICKET_TTL_SECONDS") ?? "900"),
   };
   return cached;

@@ -88,6 +88,14 @@ export const degradedResponses = new Counter({
   registers: [registry],
 });
 
+export const fallbacksRefused = new Counter({
+  name: "sltr_fallbacks_refused_total",
+  help: "Reads refused with 503 because too many were already waiting on Postgres for want " +
+    "of the live index (SLTR_FALLBACK_CONCURRENCY), per function.",
+  labelNames: ["function"] as const,
+  registers: [registry],
+});
+
 export const liveIndexSyncs = new Counter({
   name: "sltr_live_index_syncs_total",
   help: "Rebuilds and reconciliations of the Redis live index from Postgres (their own " +
@@ -149,6 +157,11 @@ export function recordCache(cache: string, result: CacheResult, n = 1): void {
 /** Presence events by outcome (the webhook calls this once per batch and outcome). */
 export function recordPresenceEvents(outcome: PresenceOutcome, n = 1): void {
   if (n > 0) presenceEvents.labels(outcome).inc(n);
+}
+
+/** A read refused by fallback(): Postgres already had enough of them. */
+export function recordFallbackRefused(fn: string): void {
+  fallbacksRefused.labels(fn).inc();
 }
 
 /** An answer served without Redis. */

@@ -8,7 +8,7 @@
 // Postgres down: 503 + Retry-After (unless the index can answer).
 import { z } from "zod";
 import { requireUser } from "../_shared/auth.ts";
-import { query } from "../_shared/db.ts";
+import { fallback, query } from "../_shared/db.ts";
 import { HttpError, json, requireMethod, serveJson } from "../_shared/http.ts";
 import { nearby, type NearbyUser } from "../_shared/live_index.ts";
 import { keepIndexTrue } from "../_shared/live_index_sync.ts";
@@ -70,20 +70,14 @@ interface Row {
   last_seen_at: Date | null;
 }
 
-async function nearbyFromDb(
-  lat: number,
-  lng: number,
-  radiusM: number,
-  maxResults: number,
-  excluded: string | null,
-): Promise<NearbyUser[]> {
+async function fromDb(q: NearbyQuery, excluded: string | null): Promise<NearbyUser[]> {
   try {
     const rows = await query(
       (sql) =>
         sql<Row[]>`
           select user_id, display_name, distance_m, last_seen_at
-          from public.find_nearby_online_users(${lat}::float8, ${lng}::float8, ${radiusM}::int,
-            ${maxResults}::int, ${excluded}::uuid)`,
+          from public.find_nearby_online_users(${q.lat}::float8, ${q.lng}::float8,
+            ${q.radius_m}::int, ${q.limit}::int, ${excluded}::uuid)`,
       "find_nearby_online_users",
     );
     return rows.map((r) => ({
@@ -119,13 +113,10 @@ export const handler = serveJson("nearby-online", async (req) => {
   if (!fromIndex.ok) {
     recordCache("nearby", "error");
     recordDegraded("nearby-online");
-    return json({
-      users: await nearbyFromDb(q.lat, q.lng, q.radius_m, q.limit, caller),
-      cached: false,
-      degraded: true,
-    });
+    const users = await fallback("nearby-online", () => fromDb(q, caller));
+    return json({ users, cached: false, degraded: true });
   }
   if (fromIndex.value) return answer(fromIndex.value, true, false);
   // The index is being built: Postgres answers meanwhile.
-  return answer(await nearbyFromDb(q.lat, q.lng, q.radius_m, q.limit, caller), false, false);
+  return answer(await fallback("nearby-online", () => fromDb(q, caller)), false, false);
 });

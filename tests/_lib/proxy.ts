@@ -1,6 +1,6 @@
 // A TCP proxy on loopback that a test can freeze: while frozen it forwards nothing in either
-// direction and closes nothing, as a phone that walked out of coverage. The way to make a
-// server notice a lost client only by its own timeout.
+// direction and closes nothing, as a phone that walked out of coverage (the way to make a
+// server notice a lost client only by its own timeout), or a database that stopped answering.
 
 export class FreezableProxy {
   readonly port: number;
@@ -46,6 +46,11 @@ export class FreezableProxy {
   /** Stop forwarding (nothing is closed). */
   freeze(): void {
     this.frozen = true;
+  }
+
+  /** Forward again what waited. */
+  thaw(): void {
+    this.frozen = false;
   }
 
   close(): void {

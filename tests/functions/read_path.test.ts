@@ -7,11 +7,20 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
 import { createClient } from "@supabase/supabase-js";
-import { ANON_KEY, freePort, FUNCTIONS_URL, startFunctionsServer, userJwt } from "./_helpers.ts";
+import {
+  ANON_KEY,
+  freePort,
+  FUNCTIONS_URL,
+  SERVICE_ROLE_KEY,
+  startFunctionsServer,
+  userJwt,
+} from "./_helpers.ts";
 import { forget } from "../../functions/_shared/live_index.ts";
+import { FreezableProxy } from "../_lib/proxy.ts";
 
 const DB_URL = Deno.env.get("DB_URL")!;
 const REDIS_URL = Deno.env.get("REDIS_URL")!;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const SUPABASE_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
 const EMAIL_DOMAIN = "read-path.test";
 
@@ -197,6 +206,11 @@ test("setup_creates_a_neighbourhood", async () => {
   away = await createUser("away", at(0, 9000), false);
   // Online as users come online: through the webhook, which writes the live index.
   for (const p of [viewer, near, mid, far, away]) await report(p, "online", p);
+  // A cold index (a fresh Redis, or one a benchmark just emptied) is built by the first reads.
+  await waitFor(
+    "the live index to be built",
+    async () => (await nearby(viewer, viewer)).body.cached,
+  );
 });
 
 test("nearby_requires_a_signed_in_user", async () => {
@@ -486,6 +500,52 @@ test("postgres_down_the_index_still_answers_and_what_needs_postgres_is_503", asy
     assert.equal(unknown.body.error.code, "database_unavailable");
     assert.ok(Number(unknown.headers.get("retry-after")) > 0);
   } finally {
+    await stop(server.child);
+  }
+});
+
+test("reads_postgres_answers_for_want_of_the_index_are_bounded", async () => {
+  // Redis down, and Postgres (behind a proxy this test can freeze) slow: one read may wait on
+  // it (SLTR_FALLBACK_CONCURRENCY=1); the next is refused at once with 503 + Retry-After
+  // instead of piling onto a database that is already behind.
+  const pooler = new URL(Deno.env.get("SUPABASE_DB_URL")!);
+  const proxy = new FreezableProxy(Number(pooler.port));
+  const viaProxy = new URL(pooler);
+  viaProxy.host = `127.0.0.1:${proxy.port}`;
+  const server = await startFunctions({
+    REDIS_URL: `redis://127.0.0.1:${freePort()}`,
+    SUPABASE_DB_URL: viaProxy.toString(),
+    SLTR_FALLBACK_CONCURRENCY: "1",
+  });
+  try {
+    const first = await nearby(viewer, viewer, { base: server.url });
+    assert.deepEqual([first.status, first.body.degraded, names(first)], [200, true, [
+      "near",
+      "mid",
+      "far",
+    ]]);
+    proxy.freeze();
+    const waiting = nearby(viewer, viewer, { base: server.url });
+    await sleep(300); // it holds the one slot, waiting on the frozen database
+    const refused = await nearby(viewer, viewer, { base: server.url });
+    assert.equal(refused.status, 503, JSON.stringify(refused.body));
+    assert.equal(refused.body.error.code, "overloaded");
+    assert.equal(refused.headers.get("retry-after"), "1");
+    const status = await onlineStatus(viewer, { user_ids: [near.id] }, server.url);
+    assert.equal(status.status, 503, JSON.stringify(status.body));
+    assert.equal(status.body.error.code, "overloaded");
+    proxy.thaw();
+    const answered = await waiting;
+    assert.deepEqual([answered.status, answered.body.degraded], [200, true]);
+    const after = await nearby(viewer, viewer, { base: server.url });
+    assert.deepEqual([after.status, after.body.degraded], [200, true], "the slot is free again");
+    const metrics = await (await fetch(`${server.url}/metrics`, {
+      headers: { authorization: `Bearer ${SERVICE_ROLE_KEY}` },
+    })).text();
+    assert.match(metrics, /sltr_fallbacks_refused_total\{function="nearby-online"\} 1/);
+    assert.match(metrics, /sltr_fallbacks_refused_total\{function="online-status"\} 1/);
+  } finally {
+    proxy.close();
     await stop(server.child);
   }
 });

@@ -15,10 +15,11 @@ import {
   REBUILDING,
   RECONCILE_SECONDS,
   RECONCILED,
+  redisMicros,
   type SnapshotRow,
 } from "./live_index.ts";
 import { recordIndexSync } from "./metrics.ts";
-import { writer } from "./redis.ts";
+import { connected, writer } from "./redis.ts";
 import { outsideRequest } from "./request.ts";
 
 /** One snapshot. Three statements, not one with arguments, so pg_stat_statements tells the
@@ -49,9 +50,12 @@ export function keepIndexTrue(state: Readiness): void {
   // The work itself goes through the writer connection (longer timeouts), in short scripts
   // that keep Redis free for the reads in between.
   const w = writer();
-  if (!w) return;
-  if (state === "rebuild") background(() => rebuild(w));
-  else if (state === "reconcile") background(() => reconcile(w));
+  if (!w || (state !== "rebuild" && state !== "reconcile")) return;
+  background(async () => {
+    // A fresh process's writer connection may still be opening.
+    if (!(await connected(w, 2000))) throw new Error("the Redis writer connection is not ready");
+    await (state === "rebuild" ? rebuild(w) : reconcile(w));
+  });
 }
 
 function background(work: () => Promise<void>): void {
@@ -71,7 +75,7 @@ function background(work: () => Promise<void>): void {
 /** Every user from one snapshot, then who is no longer online. */
 export async function rebuild(r: Redis): Promise<void> {
   const started = performance.now();
-  const takenAt = (Date.now() - 1000) * 1000;
+  const takenAt = await redisMicros(r);
   const rows = await snapshot("rebuild");
   await load(r, rows);
   await prune(r, takenAt, rows.filter((row) => row.is_online).map((row) => row.user_id));
@@ -83,7 +87,7 @@ export async function rebuild(r: Redis): Promise<void> {
 /** The users online in Postgres into the index, and out of it who is not. */
 export async function reconcile(r: Redis): Promise<void> {
   const started = performance.now();
-  const takenAt = (Date.now() - 1000) * 1000;
+  const takenAt = await redisMicros(r);
   const rows = await snapshot("reconcile");
   await load(r, rows);
   await prune(r, takenAt, rows.map((row) => row.user_id));

@@ -15,7 +15,7 @@ import {
   startFunctionsServer,
   userJwt,
 } from "./_helpers.ts";
-import { forget } from "../../functions/_shared/live_index.ts";
+import { forget, prune, redisMicros } from "../../functions/_shared/live_index.ts";
 import { FreezableProxy } from "../_lib/proxy.ts";
 
 const DB_URL = Deno.env.get("DB_URL")!;
@@ -324,6 +324,36 @@ test("a_write_the_index_missed_is_repaired_by_the_reconciliation", async () => {
     5000,
   );
   await report(sleeper, "offline");
+});
+
+test("the_reconciliation_keeps_what_the_webhook_wrote_after_its_snapshot_began", async () => {
+  // A snapshot begins; then a batch commits whose event is older than that (a delayed batch,
+  // a slow clock): Postgres's snapshot does not have it, and the prune must not drop it. A
+  // user written before the snapshot and absent from it is dropped.
+  const at = new Date().toISOString(); // newer than sleeper's last event, older than `began`
+  await sleep(5);
+  const began = await redisMicros(redis);
+  const res = await call(`${FUNCTIONS_URL}/presence-webhook`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${sleeper.jwt}`, "content-type": "application/json" },
+    body: JSON.stringify({
+      events: [{
+        status: "online",
+        at,
+        lat: sleeper.lat,
+        lng: sleeper.lng,
+      }],
+    }),
+  });
+  assert.equal(res.status, 202, JSON.stringify(res.body));
+  const snapshot = (await redis.smembers("{live}:online")).filter((id) =>
+    id !== sleeper.id && id !== far.id
+  );
+  assert.ok(await prune(redis, began, snapshot) >= 1);
+  assert.deepEqual(names(await nearby(viewer, viewer)), ["near", "sleeper", "mid"]);
+  await report(far, "online", far);
+  await report(sleeper, "offline");
+  assert.deepEqual(names(await nearby(viewer, viewer)), ["near", "mid", "far"]);
 });
 
 test("online_status_answers_from_the_index", async () => {

@@ -47,7 +47,13 @@ const direct = postgres(DB_URL, {
   onnotice: () => {},
   connection: { application_name: BENCH_APP },
 });
-const pooled = postgres(POOLER_URL, { max: 8, prepare: false, onnotice: () => {} });
+// The RPCs as PostgREST would send them, through the pooler.
+const pooled = postgres(POOLER_URL, {
+  max: 8,
+  prepare: false,
+  onnotice: () => {},
+  connection: { application_name: "sltr-bench-rpc" },
+});
 const monitor = postgres(DB_URL, {
   max: 1,
   onnotice: () => {},
@@ -202,7 +208,7 @@ async function postgresCpuNow(): Promise<{ byPid: Map<number, [string, number]>;
   const rows = await monitor<{ pid: number; label: string }[]>`
     select pid, case when backend_type = 'client backend'
       then 'client ' || coalesce(nullif(application_name, ''), 'unnamed') else backend_type end as label
-    from pg_stat_activity where pid <> pg_backend_pid()`;
+    from pg_stat_activity`;
   const byPid = new Map<number, [string, number]>();
   for (const row of rows) {
     const s = await cpuSeconds(row.pid).catch(() => undefined);
@@ -232,7 +238,7 @@ function postgresCpuDiff(
 async function statementsNow(): Promise<Map<string, { calls: number; ms: number; query: string }>> {
   const rows = await monitor<{ id: string; calls: string; ms: number; query: string }[]>`
     select queryid::text as id, calls::text, total_exec_time as ms,
-      left(regexp_replace(query, '\s+', ' ', 'g'), 90) as query
+      left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 90) as query
     from extensions.pg_stat_statements`;
   return new Map(rows.map((r) => [r.id, { calls: Number(r.calls), ms: r.ms, query: r.query }]));
 }

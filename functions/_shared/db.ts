@@ -86,7 +86,11 @@ function guardConnectionErrors(): void {
  * a request must not hang that long. Past the deadline the answer is 503 + Retry-After; the
  * statement may still run later (PgBouncer queues it), which every caller tolerates: reads
  * are discarded, and a presence batch is idempotent (a retry of it is ignored). */
-export async function query<T>(run: (sql: Sql) => Promise<T>, label = "query"): Promise<T> {
+export async function query<T>(
+  run: (sql: Sql) => Promise<T>,
+  label = "query",
+  deadlineMs = env().dbQueryTimeoutMs,
+): Promise<T> {
   const started = performance.now();
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<never>((_, reject) => {
@@ -94,7 +98,7 @@ export async function query<T>(run: (sql: Sql) => Promise<T>, label = "query"): 
       reject(Object.assign(new Error("the database did not answer in time"), {
         code: "QUERY_DEADLINE",
       }));
-    }, env().dbQueryTimeoutMs);
+    }, deadlineMs);
   });
   countStatement();
   try {

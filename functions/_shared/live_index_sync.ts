@@ -22,27 +22,39 @@ import { recordIndexSync } from "./metrics.ts";
 import { connected, writer } from "./redis.ts";
 import { outsideRequest } from "./request.ts";
 
-/** One snapshot. Three statements, not one with arguments, so pg_stat_statements tells the
- * rebuild, the reconciliation and the webhook's fill apart. */
-async function snapshot(kind: "rebuild" | "reconcile" | "fill", userIds?: string[]) {
-  return await query(
-    (sql) =>
-      kind === "rebuild"
+/** Rows a snapshot streams at a time: a million users never sit in memory at once (an Edge
+ * Function has 256 MB), and Redis takes them in scripts of 500 between reads. */
+const CHUNK_ROWS = 5000;
+/** How long a rebuild or reconciliation may take, streaming included (the rebuild lock lasts
+ * 120 s). A request's 5 s deadline would fail every rebuild of a million users. */
+const SYNC_DEADLINE_MS = 110_000;
+
+/** A whole snapshot into the index, chunk by chunk; returns how many rows and who was online.
+ * Two statements, not one with an argument, so pg_stat_statements tells them apart. */
+async function stream(kind: "rebuild" | "reconcile", r: Redis) {
+  let rows = 0;
+  const online: string[] = [];
+  await query(
+    async (sql) => {
+      const q = kind === "rebuild"
         ? sql<
           SnapshotRow[]
         >`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
-                            from private.live_index_snapshot(false)`
-        : kind === "reconcile"
-        ? sql<
-          SnapshotRow[]
-        >`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
-                            from private.live_index_snapshot()`
+                           from private.live_index_snapshot(false)`
         : sql<
           SnapshotRow[]
         >`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
-                            from private.live_index_snapshot(false, ${userIds!}::uuid[])`,
+                           from private.live_index_snapshot()`;
+      for await (const chunk of q.cursor(CHUNK_ROWS)) {
+        await load(r, chunk);
+        rows += chunk.length;
+        for (const row of chunk) if (row.is_online) online.push(row.user_id);
+      }
+    },
     `live_index_${kind}`,
+    SYNC_DEADLINE_MS,
   );
+  return { rows, online };
 }
 
 /** Starts the upkeep a read was given (see Readiness): the rebuild or the reconciliation. */
@@ -76,29 +88,32 @@ function background(work: () => Promise<void>): void {
 export async function rebuild(r: Redis): Promise<void> {
   const started = performance.now();
   const takenAt = await redisMicros(r);
-  const rows = await snapshot("rebuild");
-  await load(r, rows);
-  await prune(r, takenAt, rows.filter((row) => row.is_online).map((row) => row.user_id));
+  const { rows, online } = await stream("rebuild", r);
+  await prune(r, takenAt, online);
   await r.multi().set(BUILT, String(takenAt)).set(RECONCILED, "1", "EX", RECONCILE_SECONDS)
     .del(REBUILDING).exec();
-  recordIndexSync("rebuild", rows.length, (performance.now() - started) / 1000);
+  recordIndexSync("rebuild", rows, (performance.now() - started) / 1000);
 }
 
 /** The users online in Postgres into the index, and out of it who is not. */
 export async function reconcile(r: Redis): Promise<void> {
   const started = performance.now();
   const takenAt = await redisMicros(r);
-  const rows = await snapshot("reconcile");
-  await load(r, rows);
-  await prune(r, takenAt, rows.map((row) => row.user_id));
-  recordIndexSync("reconcile", rows.length, (performance.now() - started) / 1000);
+  const { rows, online } = await stream("reconcile", r);
+  await prune(r, takenAt, online);
+  recordIndexSync("reconcile", rows, (performance.now() - started) / 1000);
 }
 
 /** Names and cells the index lacks for some users (the webhook asks after its writes); ids
  * Postgres does not know (events for unknown users, which ingest_presence ignored) go. */
 export async function fill(r: Redis, userIds: string[]): Promise<void> {
   if (!userIds.length) return;
-  const rows = await snapshot("fill", userIds);
+  const rows = await query(
+    (sql) =>
+      sql<SnapshotRow[]>`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
+                         from private.live_index_snapshot(false, ${userIds}::uuid[])`,
+    "live_index_fill",
+  );
   await load(r, rows);
   const known = new Set(rows.map((row) => row.user_id));
   await forget(r, userIds.filter((id) => !known.has(id)));

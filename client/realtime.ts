@@ -469,6 +469,16 @@ export class RealtimeService {
     return left;
   }
 
+  /**
+   * A fresh token from the client's token source before a join again: realtime-js joins with
+   * the token it holds and refreshes only on heartbeats, so a channel the server closed at token
+   * expiry would be joined again with the expired token (and refused) until the next one.
+   */
+  private async refreshToken(): Promise<void> {
+    const rt = this.supabase.realtime as { accessToken?: unknown; setAuth(): Promise<void> };
+    if (typeof rt.accessToken === "function") await rt.setAuth().catch(() => {});
+  }
+
   private async open(entry: Topic): Promise<void> {
     // The first join must carry the user's token, not the anon key: realtime-js fetches it
     // asynchronously and would otherwise join before it has it (and be refused).
@@ -530,7 +540,7 @@ export class RealtimeService {
     return new Promise((resolve) => {
       entry.rebuildTimer = setTimeout(() => {
         entry.rebuildTimer = undefined;
-        void this.open(entry).then(resolve);
+        void this.refreshToken().then(() => this.open(entry)).then(resolve);
       }, delayMs);
     });
   }

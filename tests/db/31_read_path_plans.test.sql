@@ -3,7 +3,7 @@
 -- read from pg_proc, with the functions' own settings) use the partial indexes and never
 -- scan profiles or the presence buffer. All rolled back.
 begin;
-select plan(12);
+select plan(13);
 
 -- 100,000 users around 10° S 40° W: 60% within ~10 km of the centre, the rest within ~100 km.
 select setseed(0.31);
@@ -86,6 +86,8 @@ select ok((select plan from plans where name = 'nearby') ~ 'Index Scan using idx
   'nearby: online profiles are searched nearest first through the partial GiST index');
 select ok((select plan from plans where name = 'nearby') ~ 'Order By: \(\(st_point',
   'nearby: ... ordered by the index (KNN), with snap_location inlined');
+select is((select count(*)::integer from regexp_matches((select plan from plans where name = 'nearby'), '_st_expand\(\$1, LEAST\(', 'g')), 2,
+  'nearby: each located arm sorts only the users within its nearest-first cut');
 select ok((select plan from plans where name = 'nearby') ~ 'Index Scan using idx_presence_buffer_location_is_online on presence_buffer',
   'nearby: buffered online events are searched through the buffer''s partial GiST index');
 select ok((select plan from plans where name = 'nearby') ~ 'idx_presence_buffer_user_id_is_online_unlocated',

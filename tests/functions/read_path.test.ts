@@ -294,7 +294,9 @@ test("leaves_arrivals_and_moves_are_right_on_the_next_read", async () => {
   assert.deepEqual(names(await nearby(viewer, viewer)), ["near", "far"], "mid left");
   await report(sleeper, "online", sleeper);
   assert.deepEqual(names(await nearby(viewer, viewer)), ["near", "sleeper", "far"], "arrived");
-  await report(near, "online", at(3800, 0)); // moved 3.3 km east
+  // Moved 3.15 km east: its cell centre (up to 250 m off in each axis) lies 3.4-3.9 km away,
+  // beyond far's (2.65-3.16 km) and inside the 4 km radius wherever the grid falls.
+  await report(near, "online", at(3650, 0));
   const moved = await nearby(viewer, viewer);
   assert.deepEqual(names(moved), ["sleeper", "far", "near"], "moved, at its new distance");
   assert.equal(moved.body.cached, true);

@@ -74,6 +74,29 @@ function cellAt(row: number, lng: number): Cell {
   return { id: `${row}:${col}`, lat: centreLat, lng: -180 + (col + 0.5) * 360 / n };
 }
 
+/** How far outside the cell a user is shown in a fix must lie to move them to another cell. */
+export const HYSTERESIS_M = 100;
+const HYSTERESIS_DEGREES = HYSTERESIS_M / 111195.0;
+const clamp = (x: number, lo: number, hi: number) => Math.max(lo, Math.min(hi, x));
+
+/**
+ * The cells within HYSTERESIS_M of a fix, on either axis (private.keeps_cell, operation for
+ * operation): those holding a corner of the square around it, or the fix itself. A user shown
+ * in one of them stays there: GPS noise across an edge never flips their cell.
+ */
+export function keptCells(lat: number, lng: number): string[] {
+  const dLng = HYSTERESIS_DEGREES / Math.max(0.01, Math.cos(lat * PG_RADIANS_PER_DEGREE));
+  const ids = new Set([cellOf(lat, lng).id]);
+  for (const dy of [-1, 1]) {
+    for (const dx of [-1, 1]) {
+      ids.add(
+        cellOf(clamp(lat + dy * HYSTERESIS_DEGREES, -90, 90), clamp(lng + dx * dLng, -180, 180)).id,
+      );
+    }
+  }
+  return [...ids];
+}
+
 /** The centre of a cell id. */
 export function cellCentre(id: string): Cell {
   const [row, col] = id.split(":").map(Number);
@@ -130,23 +153,26 @@ local function place(id, cell, x, y, seen)
 end
 `;
 
-/** One batch of events, each (id, online 1|0, event µs, cell or '', centre lng, centre lat).
- * An event not newer than what the index holds changes nothing. Returns the ids whose name,
- * or whose cell (online without a location the index knows), must come from Postgres. */
+/** One batch of events, each (id, online 1|0, event µs, cell or '', centre lng, centre lat,
+ * the cells that keep a user shown in them (keptCells) joined by ','). An event not newer than
+ * what the index holds changes nothing. Returns the ids whose name, or whose cell (online
+ * without a location the index knows), must come from Postgres. */
 const WRITE = `${LEAVE}
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local needs, i = {}, 1
 while i <= #ARGV do
   local id, online, seen = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local cell, x, y = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  i = i + 6
+  local cell, x, y, kept = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
   local h = '${PREFIX}:user:' .. id
   local cur = redis.call('HMGET', h, 'o', 's', 'c', 'x', 'y')
   if seen > tonumber(cur[2] or '-1') then
     redis.call('HSET', h, 'w', now)
     local was_online, old = cur[1] == '1', cur[3]
-    if cell == '' then cell, x, y = old, cur[4], cur[5] end
+    if cell == '' or (old and string.find(',' .. kept .. ',', ',' .. old .. ',', 1, true)) then
+      cell, x, y = old, cur[4], cur[5]
+    end
     if online == '1' then
       if was_online and old and old ~= cell then leave(id, old) end
       if cell then
@@ -363,8 +389,18 @@ export async function writeEvents(r: Redis, events: IndexEvent[]): Promise<strin
   if (events.length === 0) return [];
   const args: (string | number)[] = [];
   for (const e of events) {
-    const cell = e.lat !== undefined && e.lng !== undefined ? cellOf(e.lat, e.lng) : undefined;
-    args.push(e.user_id, e.online ? 1 : 0, e.at, cell?.id ?? "", cell?.lng ?? "", cell?.lat ?? "");
+    const located = e.lat !== undefined && e.lng !== undefined;
+    const cell = located ? cellOf(e.lat!, e.lng!) : undefined;
+    const kept = located ? keptCells(e.lat!, e.lng!).join(",") : "";
+    args.push(
+      e.user_id,
+      e.online ? 1 : 0,
+      e.at,
+      cell?.id ?? "",
+      cell?.lng ?? "",
+      cell?.lat ?? "",
+      kept,
+    );
   }
   return [...new Set(await run(r, WRITE, args) as string[])];
 }

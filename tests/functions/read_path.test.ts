@@ -358,6 +358,38 @@ test("the_reconciliation_keeps_what_the_webhook_wrote_after_its_snapshot_began",
   assert.deepEqual(names(await nearby(viewer, viewer)), ["near", "mid", "far"]);
 });
 
+test("gps_noise_across_a_cell_edge_never_moves_a_still_user_to_another_cell", async () => {
+  // A row edge of the grid 1 km north of the viewer; fixes alternate 15 m either side of it.
+  const edgeLat = -90 + Math.floor((at(0, 1000).lat + 90) / 0.0045) * 0.0045;
+  const fix = (north: number) => ({ lat: edgeLat + north / METRES_PER_DEGREE, lng: viewer.lng });
+  const still = await createUser("still", fix(10), false);
+  const shown = async () => {
+    const [pg] = await db<{ cell: string }[]>`
+      select cell_lat || ',' || cell_lng as cell
+      from private.live_index_snapshot(false, ${[still.id]}::uuid[])`;
+    const [x, y] = await redis.hmget(`{live}:user:${still.id}`, "x", "y");
+    return { pg: pg.cell, redis: `${y},${x}` };
+  };
+  const distance = async () =>
+    (await nearby(viewer, viewer)).body.users.find((u: { user_id: string }) =>
+      u.user_id === still.id
+    )
+      ?.distance_m;
+  await report(still, "online", fix(10));
+  const first = await shown();
+  const firstDistance = await distance();
+  for (const north of [-15, 12, -8, -15, 14]) {
+    await report(still, "online", fix(north));
+    assert.deepEqual(await shown(), first, `a fix ${north} m from the edge`);
+    assert.equal(await distance(), firstDistance);
+  }
+  await report(still, "online", fix(-150));
+  const moved = await shown();
+  assert.notDeepEqual(moved, first, "150 m into the next cell moves them");
+  assert.equal(moved.pg, moved.redis, "Postgres and the index agree");
+  await report(still, "offline"); // out of the neighbourhood's answers again
+});
+
 test("online_status_answers_from_the_index", async () => {
   const unknown = crypto.randomUUID();
   const ids = [far.id, unknown, sleeper.id, near.id, far.id];

@@ -44,7 +44,10 @@ export function micros(canonical: string): number {
   return Date.parse(canonical.slice(0, 23) + "Z") * 1000 + Number(canonical.slice(23, 26) || 0);
 }
 
-const isoOfMicros = (us: number) => new Date(Math.floor(us / 1000)).toISOString();
+/** A last-seen time as users see it: to the minute, as private.seen_minute gives it (precise
+ * times of someone else's last event would tell when their device moved). */
+export const seenMinute = (ms: number) => new Date(Math.floor(ms / 60_000) * 60_000).toISOString();
+const seenOfMicros = (us: number) => seenMinute(Math.floor(us / 1000));
 
 // ---- the privacy grid, exactly as public.snap_location computes it ----------------------
 
@@ -503,7 +506,7 @@ export async function nearby(
     user_id: u.user_id,
     display_name: u.display_name,
     distance_m: shownDistance(u.d),
-    last_seen_at: isoOfMicros(u.seen),
+    last_seen_at: seenOfMicros(u.seen),
   }));
   return { state, users };
 }
@@ -533,7 +536,7 @@ export async function statuses(
     found.push({
       user_id: id,
       is_online: o === "1" && seen !== undefined && nowMs * 1000 - seen <= ONLINE_WINDOW_MS * 1000,
-      last_seen_at: seen !== undefined ? isoOfMicros(seen) : null,
+      last_seen_at: seen !== undefined ? seenOfMicros(seen) : null,
     });
   });
   return { state, found, missing };

@@ -10,7 +10,7 @@ import { z } from "zod";
 import { requireUser } from "../_shared/auth.ts";
 import { fallback, query } from "../_shared/db.ts";
 import { HttpError, json, requireMethod, serveJson } from "../_shared/http.ts";
-import { nearby, type NearbyUser } from "../_shared/live_index.ts";
+import { nearby, type NearbyUser, seenMinute } from "../_shared/live_index.ts";
 import { keepIndexTrue } from "../_shared/live_index_sync.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
@@ -84,7 +84,7 @@ async function fromDb(q: NearbyQuery, excluded: string | null): Promise<NearbyUs
       user_id: r.user_id,
       display_name: r.display_name,
       distance_m: r.distance_m,
-      last_seen_at: r.last_seen_at ? r.last_seen_at.toISOString() : null,
+      last_seen_at: r.last_seen_at ? seenMinute(r.last_seen_at.getTime()) : null,
     }));
   } catch (e) {
     // Validated above; this is the database agreeing (22023: out of range).

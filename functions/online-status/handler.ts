@@ -9,7 +9,7 @@ import { z } from "zod";
 import { requireUser } from "../_shared/auth.ts";
 import { fallback, query } from "../_shared/db.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";
-import { statuses } from "../_shared/live_index.ts";
+import { seenMinute, statuses } from "../_shared/live_index.ts";
 import { keepIndexTrue } from "../_shared/live_index_sync.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
@@ -59,7 +59,7 @@ async function fromDb(ids: string[]): Promise<Status[]> {
   return rows.map((r) => ({
     user_id: r.user_id,
     is_online: r.is_online,
-    last_seen_at: r.last_seen_at ? r.last_seen_at.toISOString() : null,
+    last_seen_at: r.last_seen_at ? seenMinute(r.last_seen_at.getTime()) : null,
   }));
 }
 

@@ -3,7 +3,7 @@
 -- trilateration from many chosen points cannot place a user better than their ~500 m cell.
 -- Everything happens in the South Atlantic (45° S, 30° W), where no other data lives.
 begin;
-select plan(61);
+select plan(63);
 
 -- The objects and their contracts.
 select has_function('public', 'get_online_users_batch', array['uuid[]'], 'get_online_users_batch(uuid[]) exists');
@@ -104,11 +104,11 @@ select results_eq(
   'batch: one row per existing user (unknown ids absent, duplicates once), buffered events count, stale ones do not');
 select is(
   (select b.last_seen_at from public.get_online_users_batch(array[pg_temp.who('buffered_offline')]) as b),
-  (select event_at from buffered where name = 'buffered_offline'),
-  'batch: last_seen_at is the buffered event time when it is newer');
+  (select date_trunc('minute', event_at at time zone 'UTC') at time zone 'UTC' from buffered where name = 'buffered_offline'),
+  'batch: last_seen_at is the buffered event time when it is newer, to the minute for users');
 select is(
   (select b.last_seen_at from public.get_online_users_batch(array[pg_temp.who('near')]) as b),
-  (select last_seen_at from flushed where name = 'near'),
+  (select date_trunc('minute', last_seen_at at time zone 'UTC') at time zone 'UTC' from flushed where name = 'near'),
   'batch: a buffered event older than the profile is ignored');
 select is_empty($$ select * from public.get_online_users_batch(array[]::uuid[]) $$, 'batch: no ids, no rows');
 select lives_ok(
@@ -163,8 +163,8 @@ select ok(
 select is(
   (select n.last_seen_at from public.nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0), 5000, 50) as n
    where n.user_id = pg_temp.who('heartbeat')),
-  (select event_at from buffered where name = 'heartbeat'),
-  'nearby: last_seen_at is the newest event');
+  (select date_trunc('minute', event_at at time zone 'UTC') at time zone 'UTC' from buffered where name = 'heartbeat'),
+  'nearby: last_seen_at is the newest event, to the minute');
 select results_eq(
   $$ select n.user_id from public.nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0)) as n limit 1 $$,
   $$ values (pg_temp.who('near')) $$,
@@ -205,6 +205,14 @@ select is(
 select is(
   (select count(*)::integer from public.get_online_users_batch(array[pg_temp.who('me')])),
   1, 'service_role may call get_online_users_batch');
+select is(
+  (select b.last_seen_at from public.get_online_users_batch(array[pg_temp.who('buffered_offline')]) as b),
+  (select event_at from buffered where name = 'buffered_offline'),
+  'service_role gets the precise last-seen time');
+select tests.clear_authentication();
+select tests.authenticate_as(pg_temp.who('me'));
+select throws_ok($$ select last_seen_at from public.profiles limit 1 $$, '42501', null,
+  'users cannot read profiles.last_seen_at (get_online_users_batch answers it, to the minute)');
 select tests.clear_authentication();
 
 -- Privacy. 8 targets at scattered positions 20 km from everyone else; an attacker probes from

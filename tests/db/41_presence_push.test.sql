@@ -79,8 +79,9 @@ select set_eq($$select recipient from inbox$$, array[:'ann', :'cat']::uuid[],
 select results_eq($$select distinct event, private from inbox$$, $$values ('status_changes', true)$$,
   'event status_changes on the private inbox');
 select is((select changes from inbox where recipient = :'ann'),
-  jsonb_build_array(jsonb_build_object('user_id', :'bob', 'is_online', true, 'last_seen_at', now())),
-  'the change: who, online, since when');
+  jsonb_build_array(jsonb_build_object('user_id', :'bob', 'is_online', true,
+    'last_seen_at', date_trunc('minute', now() at time zone 'UTC') at time zone 'UTC')),
+  'the change: who, online, since when (to the minute)');
 select ok(not exists (select from inbox where changes::text ~ '52\.5|13\.4'), 'never a location');
 
 -- A heartbeat and a move change nobody's status: nothing is pushed.
@@ -123,7 +124,7 @@ update public.presence_buffer set event_at = now() - interval '10 minutes' where
 select ok(public.expire_stale_presence() >= 1, 'dan''s leave was missed and is found');
 select is((select changes -> 0 from inbox where recipient = :'ann'),
   jsonb_build_object('user_id', :'dan', 'is_online', false,
-    'last_seen_at', now() - interval '10 minutes'),
+    'last_seen_at', date_trunc('minute', (now() - interval '10 minutes') at time zone 'UTC') at time zone 'UTC'),
   'ann hears that her favorite dan went offline, last seen at his last event');
 
 -- The global topic is off unless asked for.

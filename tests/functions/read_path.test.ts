@@ -276,6 +276,7 @@ test("nearby_answers_nearest_first_without_the_caller_from_the_index", async () 
     ]);
     assert.equal(u.distance_m % 100, 0);
     assert.ok(!Number.isNaN(Date.parse(u.last_seen_at)));
+    assert.equal(Date.parse(u.last_seen_at) % 60_000, 0, "last seen to the minute, no finer");
   }
   // Anyone else gets their own answer, never themselves.
   assert.deepEqual(names(await nearby(near, viewer)), ["viewer", "mid", "far"]);
@@ -410,6 +411,7 @@ test("online_status_answers_from_the_index", async () => {
   const known = await onlineStatus(viewer, { user_ids: [far.id, sleeper.id, near.id] });
   assert.equal(known.body.cached, true, "known users: no database statement");
   assert.deepEqual(known.body.users, first.body.users);
+  for (const u of known.body.users) assert.equal(Date.parse(u.last_seen_at) % 60_000, 0);
   await report(near, "offline");
   const third = await onlineStatus(viewer, { user_ids: [near.id] });
   assert.deepEqual([third.body.cached, third.body.users[0].is_online], [true, false]);

@@ -4,6 +4,7 @@
 // /rest/v1 (postgrest.ts). Hosted Supabase runs each functions/<name>/index.ts on its own,
 // and Realtime and PostgREST as their own services; this is their local host.
 import { requireJwt } from "../_shared/auth.ts";
+import { env } from "../_shared/env.ts";
 import { error, HttpError, preflight, serveJson } from "../_shared/http.ts";
 import { registerRealtimeMetrics } from "../_shared/metrics.ts";
 import { realtimeConfig } from "../../realtime/config.ts";
@@ -11,6 +12,10 @@ import { RealtimeServer } from "../../realtime/server.ts";
 import { demoEnabled, handleDemo } from "./demo.ts";
 import { handlePostgrest } from "./postgrest.ts";
 import { functions } from "./registry.ts";
+
+// Settings checked before serving anything: a short webhook secret or a missing one it needs
+// stops the server here, with the reason, instead of failing requests.
+env();
 
 const port = Number(Deno.env.get("FUNCTIONS_PORT") ?? "54321");
 

@@ -85,20 +85,22 @@ export async function requireUser(req: Request): Promise<Claims & { sub: string 
   return claims as Claims & { sub: string };
 }
 
-let signingKey: { secret: string; key: CryptoKey } | undefined;
+const signingKeys = new Map<string, CryptoKey>();
 
 async function hmacKey(secret: string): Promise<CryptoKey> {
-  if (signingKey?.secret !== secret) {
-    const key = await crypto.subtle.importKey(
+  let key = signingKeys.get(secret);
+  if (!key) {
+    key = await crypto.subtle.importKey(
       "raw",
       new TextEncoder().encode(secret),
       { name: "HMAC", hash: "SHA-256" },
       false,
       ["sign"],
     );
-    signingKey = { secret, key };
+    if (signingKeys.size >= 8) signingKeys.clear();
+    signingKeys.set(secret, key);
   }
-  return signingKey.key;
+  return key;
 }
 
 const hex = (bytes: Uint8Array) =>
@@ -136,13 +138,14 @@ function fromHex(hex: string): Uint8Array | undefined {
 
 /**
  * A signed service batch: `x-sltr-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
- * "<t>.<raw body>")>` (several v1= entries allowed, for rotating secrets). Refused with 401 when
- * malformed, not matching, or more than `toleranceSeconds` away from now (a replayed capture).
+ * "<t>.<raw body>")>` (several v1= entries allowed), made with any of `secrets` (a rotation
+ * accepts old and new). Refused with 401 when malformed, not matching, or more than
+ * `toleranceSeconds` away from now (a replayed capture).
  */
 export async function verifySignature(
   header: string,
   rawBody: string,
-  secret: string,
+  secrets: readonly string[],
   toleranceSeconds = 300,
   nowSeconds = Math.floor(Date.now() / 1000),
 ): Promise<void> {
@@ -171,14 +174,13 @@ export async function verifySignature(
       `The signature timestamp is more than ${toleranceSeconds} seconds away from now.`,
     );
   }
-  const expected = new Uint8Array(
-    await crypto.subtle.sign(
-      "HMAC",
-      await hmacKey(secret),
-      new TextEncoder().encode(`${timestamp}.${rawBody}`),
-    ),
-  );
+  const signed = new TextEncoder().encode(`${timestamp}.${rawBody}`);
   let matched = false;
-  for (const mac of candidates) matched = timingSafeEqual(mac, expected) || matched;
+  for (const secret of secrets) {
+    const expected = new Uint8Array(
+      await crypto.subtle.sign("HMAC", await hmacKey(secret), signed),
+    );
+    for (const mac of candidates) matched = timingSafeEqual(mac, expected) || matched;
+  }
   if (!matched) throw invalid();
 }

@@ -7,6 +7,29 @@ function required(name: string): string {
   return value;
 }
 
+/** Webhook secrets shorter than this are refused: an HMAC key must not be guessable. */
+export const MIN_SECRET_BYTES = 32;
+
+/**
+ * The webhook secrets, newest first: PRESENCE_WEBHOOK_SECRETS (comma-separated), else
+ * PRESENCE_WEBHOOK_SECRET. During a rotation both the old and the new are accepted, and senders
+ * sign (and the ticket function issues) with the newest. Throws on a secret under 32 bytes.
+ */
+export function webhookSecrets(get: (name: string) => string | undefined): string[] {
+  const raw = get("PRESENCE_WEBHOOK_SECRETS") || get("PRESENCE_WEBHOOK_SECRET") || "";
+  const secrets = raw.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  for (const [i, s] of secrets.entries()) {
+    if (new TextEncoder().encode(s).length < MIN_SECRET_BYTES) {
+      throw new Error(
+        `webhook secret #${
+          i + 1
+        } is shorter than ${MIN_SECRET_BYTES} bytes: refused (openssl rand -hex 32 makes one)`,
+      );
+    }
+  }
+  return secrets;
+}
+
 function optional(name: string): string | undefined {
   return Deno.env.get(name) || undefined;
 }
@@ -20,7 +43,9 @@ export interface Env {
   /** When set (SUPABASE_JWT_ISSUER, e.g. https://<ref>.supabase.co/auth/v1), JWTs must carry it. */
   jwtIssuer: string | undefined;
   redisUrl: string | undefined;
-  presenceWebhookSecret: string | undefined;
+  /** Webhook secrets, newest first (PRESENCE_WEBHOOK_SECRETS, or PRESENCE_WEBHOOK_SECRET): see
+   * webhookSecrets(). Empty when signed batches are not configured. */
+  presenceWebhookSecrets: string[];
   sentryDsn: string | undefined;
   /** Sentry environment tag (SENTRY_ENVIRONMENT), e.g. production, staging, local. */
   sentryEnvironment: string | undefined;
@@ -45,7 +70,7 @@ export function env(): Env {
     jwtSecret: required("SUPABASE_JWT_SECRET"),
     jwtIssuer: optional("SUPABASE_JWT_ISSUER"),
     redisUrl: optional("REDIS_URL"),
-    presenceWebhookSecret: optional("PRESENCE_WEBHOOK_SECRET"),
+    presenceWebhookSecrets: webhookSecrets(optional),
     sentryDsn: optional("SENTRY_DSN"),
     sentryEnvironment: optional("SENTRY_ENVIRONMENT"),
     sentryTracesSampleRate: Number(optional("SENTRY_TRACES_SAMPLE_RATE") ?? "0.1"),

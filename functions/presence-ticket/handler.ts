@@ -11,7 +11,7 @@ import { issueTicket } from "../_shared/presence_ticket.ts";
 export const handler = serveJson("presence-ticket", async (req) => {
   requireMethod(req, "POST");
   const user = await requireUser(req);
-  const secret = env().presenceWebhookSecret;
+  const [secret] = env().presenceWebhookSecrets; // the newest
   if (!secret) {
     throw new HttpError(500, "not_configured", "Presence tickets are not configured.");
   }

@@ -18,16 +18,16 @@ export type Caller = { kind: "service" } | { kind: "user"; userId: string };
 export async function authenticate(req: Request, rawBody: string): Promise<Caller> {
   const signature = req.headers.get("x-sltr-signature");
   if (signature !== null) {
-    const secret = env().presenceWebhookSecret;
-    if (!secret) {
+    const secrets = env().presenceWebhookSecrets;
+    if (secrets.length === 0) {
       console.error(JSON.stringify({
         level: "error",
         function: "presence-webhook",
-        error: "PRESENCE_WEBHOOK_SECRET is not set",
+        error: "PRESENCE_WEBHOOK_SECRETS is not set",
       }));
       throw new HttpError(500, "webhook_not_configured", "Signed batches are not configured.");
     }
-    await verifySignature(signature, rawBody, secret);
+    await verifySignature(signature, rawBody, secrets);
     return { kind: "service" };
   }
   if (!req.headers.get("authorization")) {

@@ -354,6 +354,48 @@ test("accepts_any_matching_v1_so_secrets_can_rotate", async () => {
   assert.equal(res.status, 202, JSON.stringify(res.body));
 });
 
+test("during_a_rotation_both_secrets_are_accepted_and_nothing_else", async () => {
+  const next = "the-next-webhook-secret-".padEnd(40, "x");
+  const { url, child } = await startFunctionsServer({
+    PRESENCE_WEBHOOK_SECRETS: `${next},${SECRET}`,
+  });
+  try {
+    const [a, b, c] = await createUsers(3);
+    for (const [id, secret] of [[a, next], [b, SECRET]]) {
+      const body = JSON.stringify({ events: [ev(id, "online", Date.now())] });
+      const res = await post(
+        body,
+        { "x-sltr-signature": await sign(body, { secret }) },
+        `${url}/presence-webhook`,
+      );
+      assert.equal(res.status, 202, JSON.stringify(res.body));
+    }
+    const body = JSON.stringify({ events: [ev(c, "online", Date.now())] });
+    const forged = await post(
+      body,
+      { "x-sltr-signature": await sign(body, { secret: "not-one-of-ours-".padEnd(40, "y") }) },
+      `${url}/presence-webhook`,
+    );
+    expectError(forged, 401, "invalid_signature");
+    assert.equal((await heldOne(c)).is_online, false, "nothing written for c");
+  } finally {
+    child.kill();
+    await child.status;
+  }
+});
+
+test("a_webhook_secret_under_32_bytes_stops_the_server_with_the_reason", async () => {
+  const root = Deno.env.get("SLTR_ROOT") ?? ".";
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${root}/functions/_serve/main.ts`],
+    env: { ...Deno.env.toObject(), FUNCTIONS_PORT: "0", PRESENCE_WEBHOOK_SECRETS: "short-secret" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.notEqual(out.code, 0);
+  assert.match(new TextDecoder().decode(out.stderr), /shorter than 32 bytes/);
+});
+
 test("replaying_an_identical_signed_batch_changes_nothing", async () => {
   const ids = await createUsers(3);
   const at = Date.now() - 2000;

@@ -2,7 +2,8 @@
 // what changes to functions/presence-webhook in signed batches, until SIGTERM/SIGINT, when it
 // delivers what is pending and leaves. Configuration is the environment (see README):
 //
-//   SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, PRESENCE_WEBHOOK_SECRET       required
+//   SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, PRESENCE_WEBHOOK_SECRETS      required
+//     (comma-separated, newest first; PRESENCE_WEBHOOK_SECRET for one)
 //   PRESENCE_WEBHOOK_URL        default $SUPABASE_URL/functions/v1/presence-webhook
 //   PRESENCE_CHANNEL            default online-users
 //   BRIDGE_FLUSH_INTERVAL_MS    250      BRIDGE_FLUSH_AT_EVENTS      500
@@ -13,6 +14,7 @@
 //   BRIDGE_HEARTBEAT_INTERVAL_MS  realtime-js's default (25000); keep it under the server's
 //                               idle timeout (hosted: 60 s)
 import { createClient } from "@supabase/supabase-js";
+import { webhookSecrets } from "../../functions/_shared/env.ts";
 import { verifyTicket } from "../../functions/_shared/presence_ticket.ts";
 import { PresenceBridge } from "./bridge.ts";
 import { jsonLogger } from "./log.ts";
@@ -40,14 +42,19 @@ export async function main(): Promise<void> {
   const log = jsonLogger;
   const supabaseUrl = required("SUPABASE_URL").replace(/\/+$/, "");
   const serviceKey = required("SUPABASE_SERVICE_ROLE_KEY");
-  const secret = required("PRESENCE_WEBHOOK_SECRET");
+  // Newest first: batches are signed with the newest, tickets checked against all of them.
+  const secrets = webhookSecrets((name) => Deno.env.get(name));
+  if (secrets.length === 0) {
+    throw new Error("missing environment variable PRESENCE_WEBHOOK_SECRETS");
+  }
+  const secret = secrets[0];
   const webhookUrl = Deno.env.get("PRESENCE_WEBHOOK_URL") ||
     `${supabaseUrl}/functions/v1/presence-webhook`;
   const topic = Deno.env.get("PRESENCE_CHANNEL") || "online-users";
 
   const bridge = new PresenceBridge({
     sender: new WebhookSender({ url: webhookUrl, secret }),
-    verifyProof: (proof, nowSeconds) => verifyTicket(proof, [secret], nowSeconds),
+    verifyProof: (proof, nowSeconds) => verifyTicket(proof, secrets, nowSeconds),
     log,
     flushIntervalMs: count("BRIDGE_FLUSH_INTERVAL_MS", 250),
     flushAtEvents: count("BRIDGE_FLUSH_AT_EVENTS", 500),

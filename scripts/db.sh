@@ -25,10 +25,24 @@ compose() {
   done
 }
 
+# The URL dbmate gets: sslmode=disable only for the local stack on loopback (it has no TLS);
+# any other host keeps TLS (dbmate's default, or whatever sslmode the URL already names).
+dbmate_url() {
+  local url=$1 hostport host
+  hostport=${url#*://}
+  hostport=${hostport#*@}
+  hostport=${hostport%%/*}
+  if [[ $hostport == \[* ]]; then host=${hostport#[}; host=${host%%]*}; else host=${hostport%:*}; fi
+  if [[ $url != *sslmode=* ]] && [[ $host == 127.0.0.1 || $host == localhost || $host == ::1 ]]; then
+    [[ $url == *\?* ]] && url="$url&sslmode=disable" || url="$url?sslmode=disable"
+  fi
+  echo "$url"
+}
+
 dbmate() {
   local dir="$STATE/dbmate"
   compose "$dir"
-  "$NODE_BIN/dbmate" --url "${URL}?sslmode=disable" --migrations-dir "$dir" \
+  "$NODE_BIN/dbmate" --url "$(dbmate_url "$URL")" --migrations-dir "$dir" \
     --migrations-table supabase_migrations.schema_migrations --no-dump-schema "$@"
 }
 
@@ -37,5 +51,6 @@ case "${1:-}" in
   rollback) dbmate rollback ;;
   status) dbmate status ;;
   compose) compose "$2" ;;
-  *) die "usage: $0 migrate|rollback|status|compose DIR" ;;
+  dbmate-url) dbmate_url "$2" ;;
+  *) die "usage: $0 migrate|rollback|status|compose DIR|dbmate-url URL" ;;
 esac

@@ -30,7 +30,7 @@ fresh_db() {
 }
 
 mapfile -t migrations < <(cd "$ROOT/migrations" && ls -1 ./*.sql | sed 's|^\./||')
-echo "1..$(( ${#migrations[@]} * 2 + 7 ))"
+echo "1..$(( ${#migrations[@]} * 2 + 9 ))"
 
 fresh_db
 dump "$WORK/base.sql"
@@ -97,6 +97,16 @@ else
     not_ok "a failing migration names itself and leaves the schema as it was"; sed 's/^/# /' "$WORK/fail.log"
   fi
 fi
+
+# dbmate turns TLS off for the local stack only: a remote database keeps it.
+check "dbmate gets sslmode=disable for a loopback database" \
+  test "$("$ROOT/scripts/db.sh" dbmate-url postgresql://u:p@127.0.0.1:54322/postgres)" = \
+  "postgresql://u:p@127.0.0.1:54322/postgres?sslmode=disable"
+check "a remote database keeps TLS (no sslmode added) and a given sslmode is kept" \
+  test "$("$ROOT/scripts/db.sh" dbmate-url postgresql://u:p@db.ref.supabase.co:5432/postgres)
+$("$ROOT/scripts/db.sh" dbmate-url 'postgresql://u:p@localhost/postgres?sslmode=require')" = \
+  "postgresql://u:p@db.ref.supabase.co:5432/postgres
+postgresql://u:p@localhost/postgres?sslmode=require"
 
 psql_db -d postgres -c "drop database if exists $TEST_DB with (force)" >/dev/null
 [ "$failures" -eq 0 ]

@@ -45,6 +45,12 @@ export function preflight(req: Request): Response | undefined {
   return req.method === "OPTIONS" ? new Response("ok", { headers: corsHeaders }) : undefined;
 }
 
+const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
+
+/** The method as metrics, logs and traces label it: a fixed set, so a client sending made-up
+ * methods cannot create new series. */
+export const methodLabel = (method: string) => METHODS.has(method) ? method : "OTHER";
+
 export function requireMethod(req: Request, ...methods: string[]): void {
   if (!methods.includes(req.method)) {
     throw new HttpError(405, "method_not_allowed", `Use ${methods.join(" or ")}.`, {
@@ -131,7 +137,8 @@ export function serveJson(
   return (req) => inRequest(() => serve(req));
   async function serve(req: Request): Promise<Response> {
     const started = performance.now();
-    const tags: RequestTags = { function: name, method: req.method, requestId: requestIdOf(req) };
+    const method = methodLabel(req.method);
+    const tags: RequestTags = { function: name, method, requestId: requestIdOf(req) };
     let failure: string | undefined;
     const res = await traceRequest(tags, async () => {
       const pre = preflight(req);
@@ -154,13 +161,13 @@ export function serveJson(
       }
     });
     const ms = performance.now() - started;
-    observeRequest(name, req.method, res.status, ms / 1000);
+    observeRequest(name, method, res.status, ms / 1000);
     await recordTiming(tags, res.status, ms);
     (res.status >= 500 ? console.error : console.log)(JSON.stringify({
       level: res.status >= 500 ? "error" : res.status >= 400 ? "warn" : "info",
       msg: "request",
       function: name,
-      method: req.method,
+      method,
       status: res.status,
       duration_ms: Math.round(ms * 100) / 100,
       request_id: tags.requestId,

@@ -1,6 +1,6 @@
 -- RLS behaviour, as PostgREST runs requests: anon, a signed-in user, another user.
 begin;
-select plan(22);
+select plan(25);
 
 select tests.create_user('alice@rls.test', 'Alice', 52.52, 13.40) as alice \gset
 select tests.create_user('bob@rls.test', 'Bob', 52.53, 13.41) as bob \gset
@@ -29,6 +29,12 @@ select lives_ok(format($$update public.profiles set display_name = 'Alice B.' wh
   'a user updates their own profile');
 select lives_ok(format($$update public.profiles set display_name = 'Hacked' where id = %L$$, :'bob'),
   'updating someone else''s profile is not an error...');
+select lives_ok(format($$update public.profiles set avatar_url = 'https://cdn.example.com/a/alice.jpg' where id = %L$$, :'alice'),
+  'a user sets an https:// avatar');
+select throws_ok(format($$update public.profiles set avatar_url = 'javascript:alert(1)' where id = %L$$, :'alice'), '23514', null,
+  'an avatar that is not an https:// URL is refused');
+select throws_ok(format($$update public.profiles set avatar_url = 'https://x.example/' || repeat('a', 2048) where id = %L$$, :'alice'),
+  '23514', null, 'an avatar URL over 2048 characters is refused');
 select throws_ok(format('update public.profiles set is_online = true where id = %L', :'alice'), '42501', null,
   'users cannot set their online status directly (only the presence pipeline does)');
 select throws_ok($$insert into public.profiles (id, display_name) values (gen_random_uuid(), 'Fake')$$, '42501', null,

@@ -103,6 +103,27 @@ Deno.test("metrics_count_requests_per_function_and_status", async () => {
   );
 });
 
+Deno.test("health_costs_the_database_one_check_per_two_seconds_however_often_it_is_called", async () => {
+  const series = 'sltr_db_query_duration_seconds_count{query="health",outcome="ok"}';
+  const before = sample(await (await scrape()).text(), series);
+  const answers = await Promise.all(
+    Array.from({ length: 50 }, () => fetch(`${FUNCTIONS_URL}/health`).then((r) => r.json())),
+  );
+  assert.ok(answers.every((a) => a.status === "ok" && a.database === true));
+  const after = sample(await (await scrape()).text(), series);
+  assert.ok(after - before <= 2, `50 calls, ${after - before} database checks`);
+});
+
+Deno.test("made_up_http_methods_are_counted_under_one_label", async () => {
+  const res = await fetch(`${FUNCTIONS_URL}/health`, { method: "FROBNICATE" });
+  await res.body?.cancel();
+  const text = await (await scrape()).text();
+  assert.ok(!text.includes('method="FROBNICATE"'), "no series per made-up method");
+  assert.ok(
+    sample(text, 'sltr_http_requests_total{function="health",method="OTHER",status="405"}') >= 1,
+  );
+});
+
 Deno.test("every_function_answers_with_a_request_id_from_the_shared_wrapper", async () => {
   for (const name of Object.keys(functions)) {
     const own = `test-${name}-${crypto.randomUUID()}`;

@@ -233,18 +233,28 @@ Deno.test("outages_are_retried_in_order_with_backoff_and_retry_after_until_deliv
   assert.equal(bridge.stats().dropped, 0);
 });
 
-Deno.test("a_refused_event_is_isolated_and_only_it_is_dropped", async () => {
-  const bad = on("0b6f3c1e-0000-4000-a000-0000000000ff", 1);
+Deno.test("a_refused_event_is_isolated_and_only_it_is_dropped_and_logged_without_its_place", async () => {
+  const bad = {
+    ...on("0b6f3c1e-0000-4000-a000-0000000000ff", 1),
+    lat: 52.5123456,
+    lng: 13.4123456,
+  };
   const refuses = (events: PresenceEvent[]): Outcome | undefined =>
     events.includes(bad) ? { kind: "split", reason: "400" } : undefined;
   const sender = new ScriptedSender(Array.from({ length: 20 }, () => refuses));
-  const bridge = new PresenceBridge({ sender, verifyProof, log: quiet });
+  const lines: string[] = [];
+  const log = (level: string, msg: string, fields?: object) =>
+    void lines.push(JSON.stringify({ level, msg, ...fields }));
+  const bridge = new PresenceBridge({ sender, verifyProof, log });
   const good = Array.from({ length: 9 }, (_, i) => on(crypto.randomUUID(), i));
   bridge.enqueue([...good.slice(0, 4), bad, ...good.slice(4)]);
   await bridge.flush();
   const delivered = sender.batches.filter((b) => !b.includes(bad)).flat();
   assert.deepEqual(delivered, good);
   assert.equal(bridge.stats().dropped, 1);
+  const dropped = lines.find((l) => l.includes("dropped"));
+  assert.ok(dropped?.includes(bad.user_id), "the drop is logged with who");
+  assert.ok(!lines.some((l) => l.includes("52.51") || l.includes("13.41")), "never where");
 });
 
 Deno.test("flushes_at_500_events_without_waiting_for_the_interval", async () => {

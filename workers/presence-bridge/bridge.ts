@@ -209,8 +209,10 @@ export class PresenceBridge {
           });
         } else {
           this.counts.dropped++;
+          // Never the event itself: its coordinates have no place in a log line.
+          const { user_id, status, at, lat } = batch[0];
           this.log("error", "webhook refused an event; dropped", {
-            event: batch[0],
+            event: { user_id, status, at, located: lat !== undefined },
             reason: outcome.reason,
           });
         }

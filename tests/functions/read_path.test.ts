@@ -391,6 +391,27 @@ test("gps_noise_across_a_cell_edge_never_moves_a_still_user_to_another_cell", as
   await report(still, "offline"); // out of the neighbourhood's answers again
 });
 
+test("no_answer_tells_where_others_asked_before_or_can_be_invalidated_for_everyone", async () => {
+  // The old answer cache said `cached` (and answered faster) per ~220 m query cell, finer
+  // than the grid, and an arrival without a location invalidated every answer in the world.
+  // The live index has neither: any point, asked or not, is answered from the index alike.
+  for (let i = 0; i < 8; i++) {
+    const where = at(Math.random() * 6000 - 3000, Math.random() * 6000 - 3000);
+    const answer = await nearby(viewer, where);
+    assert.equal(answer.status, 200);
+    assert.deepEqual(
+      [answer.body.cached, answer.body.degraded],
+      [true, false],
+      "a point never asked",
+    );
+  }
+  const before = await redis.keys("nearby:*");
+  await report(sleeper, "online"); // an arrival without a location
+  assert.deepEqual(await redis.keys("nearby:*"), before, "no answer cache to invalidate");
+  assert.deepEqual(before, []);
+  await report(sleeper, "offline");
+});
+
 test("online_status_answers_from_the_index", async () => {
   const unknown = crypto.randomUUID();
   const ids = [far.id, unknown, sleeper.id, near.id, far.id];

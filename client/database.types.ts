@@ -177,21 +177,18 @@ export type Database = {
           display_name: string | null;
           id: string | null;
           is_online: boolean | null;
-          last_seen_at: string | null;
         };
         Insert: {
           avatar_url?: string | null;
           display_name?: string | null;
           id?: string | null;
           is_online?: boolean | null;
-          last_seen_at?: string | null;
         };
         Update: {
           avatar_url?: string | null;
           display_name?: string | null;
           id?: string | null;
           is_online?: boolean | null;
-          last_seen_at?: string | null;
         };
         Relationships: [];
       };

@@ -132,4 +132,25 @@ $$;
 
 revoke select (last_seen_at) on public.profiles from authenticated;
 
+-- The legacy reads follow: the view (security invoker, so it could no longer be read by users)
+-- loses last_seen_at, and the seed's polling function answers it to the minute as its owner.
+drop view public.online_profiles;
+
+create view public.online_profiles with (security_invoker = true) as
+  select p.id, p.display_name, p.avatar_url, p.is_online
+  from public.profiles as p
+  where p.is_online;
+
+comment on view public.online_profiles is
+  'Profiles currently flagged online (as of the last flush). Last-seen times: get_online_users_batch.';
+
+create or replace function public.get_online_users()
+returns table (id uuid, display_name text, is_online boolean, last_seen_at timestamptz)
+language sql stable security definer set search_path = ''
+as $$
+  select p.id, p.display_name, p.is_online, private.seen_minute(p.last_seen_at)
+  from public.profiles as p
+  where p.is_online
+$$;
+
 alter publication supabase_realtime drop table public.profiles;

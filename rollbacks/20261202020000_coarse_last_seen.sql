@@ -93,6 +93,24 @@ $$;
 
 grant select (last_seen_at) on public.profiles to authenticated;
 
+drop view public.online_profiles;
+
+create view public.online_profiles with (security_invoker = true) as
+  select p.id, p.display_name, p.avatar_url, p.is_online, p.last_seen_at
+  from public.profiles as p
+  where p.is_online;
+
+comment on view public.online_profiles is 'Profiles currently flagged online (as of the last flush).';
+
+create or replace function public.get_online_users()
+returns table (id uuid, display_name text, is_online boolean, last_seen_at timestamptz)
+language sql stable security invoker set search_path = ''
+as $$
+  select p.id, p.display_name, p.is_online, p.last_seen_at
+  from public.profiles as p
+  where p.is_online
+$$;
+
 alter publication supabase_realtime add table public.profiles (id, is_online, last_seen_at);
 
 drop function private.seen_for_caller(timestamptz);

@@ -254,12 +254,12 @@ async function main(): Promise<void> {
       await tx`select pg_advisory_xact_lock(hashtextextended('public.presence_buffer', 0))`;
       const [ingested, ingestMs] = await timed(() =>
         tx`
-        select public.ingest_presence(jsonb_agg(jsonb_build_object(
+        select private.ingest_presence(jsonb_agg(jsonb_build_object(
           'user_id', id, 'status', 'online', 'at', now() - interval '1 second',
           'lat', 52.3 + random() * 0.4, 'lng', 13.1 + random() * 0.6))) as r
         from unnest(${ids}::uuid[]) as id`
       );
-      const [flushed, flushMs] = await timed(() => tx`select public.flush_presence() as n`);
+      const [flushed, flushMs] = await timed(() => tx`select private.flush_presence() as n`);
       sqlTimes.ingest_presence = { events: ids.length, ms: ingestMs, result: ingested[0].r };
       sqlTimes.flush_changed = { changed: flushed[0].n, ms: flushMs };
       log(`ingest_presence(${ids.length} events): ${ingestMs} ms`);
@@ -269,11 +269,11 @@ async function main(): Promise<void> {
     await db.begin(async (tx) => {
       await tx`select pg_advisory_xact_lock(hashtextextended('public.presence_buffer', 0))`;
       await tx`
-        select public.ingest_presence(jsonb_agg(jsonb_build_object(
+        select private.ingest_presence(jsonb_agg(jsonb_build_object(
           'user_id', id, 'status', 'online', 'at', now()))) from unnest(${ids}::uuid[]) as id`;
-      const [flushed, flushMs] = await timed(() => tx`select public.flush_presence() as n`);
+      const [flushed, flushMs] = await timed(() => tx`select private.flush_presence() as n`);
       const [expired, expireMs] = await timed(() =>
-        tx`select public.expire_stale_presence(interval '0 seconds') as n`
+        tx`select private.expire_stale_presence(interval '0 seconds') as n`
       );
       sqlTimes.flush_heartbeats = { heartbeats: ids.length, changed: flushed[0].n, ms: flushMs };
       sqlTimes.expire_all = { expired: expired[0].n, ms: expireMs };

@@ -603,7 +603,7 @@ async function presencePhase() {
   const f0 = performance.now();
   const [{ changed }] = await direct<
     { changed: number }[]
-  >`select public.flush_presence() as changed`;
+  >`select private.flush_presence() as changed`;
   const flushMs = Math.round((performance.now() - f0) * 100) / 100;
   const within = (xs: number[]) =>
     xs.length > 0 && xs.every((x) => Math.abs(x - TARGET_ONLINE) <= 0.05 * TARGET_ONLINE);

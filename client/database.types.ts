@@ -194,23 +194,6 @@ export type Database = {
       };
     };
     Functions: {
-      expire_stale_presence: { Args: { max_age?: string }; Returns: number };
-      find_nearby_online_users: {
-        Args: {
-          excluded_user_id?: string;
-          lat: number;
-          lng: number;
-          max_results: number;
-          radius_m: number;
-        };
-        Returns: {
-          display_name: string;
-          distance_m: number;
-          last_seen_at: string;
-          user_id: string;
-        }[];
-      };
-      flush_presence: { Args: Record<PropertyKey, never>; Returns: number };
       get_online_users: {
         Args: Record<PropertyKey, never>;
         Returns: {
@@ -228,7 +211,6 @@ export type Database = {
           user_id: string;
         }[];
       };
-      ingest_presence: { Args: { events: Json }; Returns: Json };
       nearby_online_users: {
         Args: {
           lat: number;

@@ -17,10 +17,12 @@ done <"$ROOT/supabase/local.env"
 
 DB_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/postgres"
 POOLER_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres"
+# What the edge functions connect as: their own role, through the pooler.
+FUNCTIONS_POOLER_URL="postgresql://sltr_functions:${FUNCTIONS_DB_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres"
 REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
 API_URL="http://127.0.0.1:${FUNCTIONS_PORT}"
 FUNCTIONS_URL="$API_URL/functions/v1"
-export DB_URL POOLER_URL REDIS_URL API_URL FUNCTIONS_URL DO_NOT_TRACK=1
+export DB_URL POOLER_URL FUNCTIONS_POOLER_URL REDIS_URL API_URL FUNCTIONS_URL DO_NOT_TRACK=1
 
 log() { printf '\033[1m[sltr]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[sltr] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -59,6 +61,7 @@ psql_db() { PGOPTIONS="-c client_min_messages=warning" PGPASSWORD="$POSTGRES_PAS
 # names the functions and supabase-js code read.
 export_app_env() {
   export SUPABASE_URL="$API_URL" SUPABASE_ANON_KEY="$ANON_KEY" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY" \
-    SUPABASE_DB_URL="$POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL \
+    SUPABASE_DB_URL="$FUNCTIONS_POOLER_URL" REALTIME_DB_URL="$POOLER_URL" SLTR_GATEWAY_DB_URL="$POOLER_URL" \
+    SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL \
     PRESENCE_WEBHOOK_SECRET SLTR_ROOT="$ROOT" DB_URL
 }

@@ -88,7 +88,8 @@ server_idle_timeout = 60
 query_wait_timeout = 120
 ignore_startup_parameters = extra_float_digits,search_path
 INI
-  printf '"postgres" "%s"\n' "$POSTGRES_PASSWORD" >"$RUN_DIR/pgbouncer.users"
+  printf '"postgres" "%s"\n"sltr_functions" "%s"\n' "$POSTGRES_PASSWORD" "$FUNCTIONS_DB_PASSWORD" \
+    >"$RUN_DIR/pgbouncer.users"
   if is_root; then
     chown postgres:postgres "$RUN_DIR/pgbouncer.ini" "$RUN_DIR/pgbouncer.users"
     chmod 600 "$RUN_DIR/pgbouncer.users"
@@ -124,7 +125,10 @@ bootstrap_db() {
 
 functions_env() {
   export SUPABASE_URL="$API_URL" SUPABASE_ANON_KEY="$ANON_KEY" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY"
-  export SUPABASE_DB_URL="$POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL PRESENCE_WEBHOOK_SECRET
+  export SUPABASE_DB_URL="$FUNCTIONS_POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL PRESENCE_WEBHOOK_SECRET
+  # The local stand-ins for platform services (Realtime's authorization, the PostgREST gateway,
+  # the demo) connect as the platform does, not as the functions' role.
+  export REALTIME_DB_URL="$POOLER_URL" SLTR_GATEWAY_DB_URL="$POOLER_URL"
   export FUNCTIONS_PORT
   # The local Realtime endpoint (same process): database broadcasts by logical replication
   # need a direct connection (a pooler cannot replicate).
@@ -192,6 +196,9 @@ case "${1:-}" in
     start_redis
     bootstrap_db
     "$ROOT/scripts/db.sh" migrate
+    # The functions' role gets its login here, as the platform would give it (README: deploy).
+    echo "alter role sltr_functions login password :'pw'" |
+      psql_db -d postgres -v pw="$FUNCTIONS_DB_PASSWORD" >/dev/null
     psql_db -d postgres -f "$ROOT/seed.sql" >/dev/null
     if [ "$1" = start ]; then
       start_functions

@@ -31,11 +31,20 @@ $$;
 create schema if not exists extensions;
 grant usage on schema extensions to anon, authenticated, service_role;
 
--- The API roles use public as Supabase sets it up: everything granted, RLS decides.
+-- The API roles use public as Supabase sets it up: everything granted, RLS decides. The
+-- default privileges are the platform's starting point, set once per database (before its
+-- first migration): a migration may narrow them (20261202040000_least_privilege.sql), and a
+-- later run of this bootstrap must not widen them again.
 grant usage on schema public to anon, authenticated, service_role;
-alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
-alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
-alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+do $$
+begin
+  if to_regclass('supabase_migrations.schema_migrations') is null then
+    alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+    alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+    alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+  end if;
+end
+$$;
 
 create schema if not exists auth;
 grant usage on schema auth to anon, authenticated, service_role;

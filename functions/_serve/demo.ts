@@ -3,7 +3,7 @@
 // minted with the local JWT secret (GoTrue does not run here), and where they are. Local stack
 // only: served when SLTR_DEMO=true, which scripts/stack.sh sets.
 import { localUserJwt, seedUserId } from "../../scripts/token.ts";
-import { sql } from "../_shared/db.ts";
+import { gatewaySql as sql } from "../_shared/db.ts";
 import { env } from "../_shared/env.ts";
 
 const ROOT = new URL("../../", import.meta.url);

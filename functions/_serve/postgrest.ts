@@ -8,7 +8,7 @@
 // hosted project has the real PostgREST.
 import { jwtVerify } from "jose";
 import { env } from "../_shared/env.ts";
-import { sql } from "../_shared/db.ts";
+import { gatewaySql as sql } from "../_shared/db.ts";
 
 const IDENT = /^[a-z_][a-z0-9_]*$/;
 const COLUMNS = /^(\*|[a-z_][a-z0-9_]*(,[a-z_][a-z0-9_]*)*)$/;

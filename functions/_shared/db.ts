@@ -23,6 +23,22 @@ export function sql(): Sql {
   return pool;
 }
 
+let gatewayPool: Sql | undefined;
+
+/** The local stand-ins' pool (functions/_serve: the PostgREST gateway, the demo), on a role
+ * that may switch to anon, authenticated or service_role as PostgREST's authenticator does. */
+export function gatewaySql(): Sql {
+  gatewayPool ??= postgres(env().gatewayDbUrl, {
+    prepare: false,
+    max: 4,
+    idle_timeout: 30,
+    connect_timeout: 3,
+    connection: { application_name: "sltr-gateway" },
+    onnotice: () => {},
+  });
+  return gatewayPool;
+}
+
 const unavailableCodes = new Set([
   "ECONNREFUSED",
   "ECONNRESET",

@@ -35,8 +35,12 @@ function optional(name: string): string | undefined {
 }
 
 export interface Env {
-  /** Postgres through the pooler (PgBouncer locally, Supavisor in production). */
+  /** Postgres through the pooler (PgBouncer locally, Supavisor in production), as the
+   * functions' own role sltr_functions: SLTR_DB_URL, else SUPABASE_DB_URL. */
   dbUrl: string;
+  /** The local stand-ins' connection (the PostgREST gateway and the demo in functions/_serve,
+   * never deployed), which switch roles as PostgREST does: SLTR_GATEWAY_DB_URL, else dbUrl. */
+  gatewayDbUrl: string;
   /** Connections this process keeps open to the pooler. */
   dbPoolSize: number;
   jwtSecret: string;
@@ -65,7 +69,9 @@ let cached: Env | undefined;
 
 export function env(): Env {
   cached ??= {
-    dbUrl: required("SUPABASE_DB_URL"),
+    dbUrl: optional("SLTR_DB_URL") ?? required("SUPABASE_DB_URL"),
+    gatewayDbUrl: optional("SLTR_GATEWAY_DB_URL") ?? optional("SLTR_DB_URL") ??
+      required("SUPABASE_DB_URL"),
     dbPoolSize: Number(optional("SLTR_DB_POOL_SIZE") ?? "10"),
     jwtSecret: required("SUPABASE_JWT_SECRET"),
     jwtIssuer: optional("SUPABASE_JWT_ISSUER"),

@@ -13,7 +13,7 @@
 // every minute repairs lost writes. Every key shares the hash tag {live}: a Redis Cluster puts
 // them in one slot, as the scripts need.
 //
-// Distances are those of public.find_nearby_online_users, computed here the way PostGIS does
+// Distances are those of private.find_nearby_online_users, computed here the way PostGIS does
 // for geography on its sphere (lwgeodetic.c sphere_distance, degrees to radians as PI * x / 180,
 // radius (2a + b) / 3 of WGS 84), from the same snapped cell centres (public.snap_location,
 // operation for operation), rounded the same way (greatest(1, round(d / 100)) * 100 with

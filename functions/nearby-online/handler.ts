@@ -76,7 +76,7 @@ async function fromDb(q: NearbyQuery, excluded: string | null): Promise<NearbyUs
       (sql) =>
         sql<Row[]>`
           select user_id, display_name, distance_m, last_seen_at
-          from public.find_nearby_online_users(${q.lat}::float8, ${q.lng}::float8,
+          from private.find_nearby_online_users(${q.lat}::float8, ${q.lng}::float8,
             ${q.radius_m}::int, ${q.limit}::int, ${excluded}::uuid)`,
       "find_nearby_online_users",
     );

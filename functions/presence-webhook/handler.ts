@@ -3,7 +3,7 @@
 //   service batches: x-sltr-signature (HMAC of the raw body), any users, <= 1,000 events
 //   self-reports:    Authorization: Bearer <user JWT>, the caller's own events, <= 10 events
 // Order: 405, 413 (body size), 401 (who), 400 (what), 413 (event count), 403 (whose), then
-// public.ingest_presence. 202 {"accepted", "ignored"} only once the batch is committed in
+// private.ingest_presence. 202 {"accepted", "ignored"} only once the batch is committed in
 // Postgres (the record); Redis is written after that, and a failure there is only reported
 // ("degraded": true). validation.ts says what is accepted, write_through.ts what Redis gets.
 import type postgres from "postgres";
@@ -32,7 +32,7 @@ async function ingest(events: PresenceEvent[]): Promise<IngestResult> {
   try {
     const [row] = await query(
       (sql) =>
-        sql<{ result: IngestResult }[]>`select public.ingest_presence(${
+        sql<{ result: IngestResult }[]>`select private.ingest_presence(${
           sql.json(events as unknown as postgres.JSONValue)
         }) as result`,
       "ingest_presence",

@@ -46,48 +46,48 @@ select table_privs_are('public', 'presence_buffer', 'authenticated', array[]::te
 
 -- ---- the functions and who may call them ---------------------------------------------------
 
-select function_returns('public', 'ingest_presence', array['jsonb'], 'jsonb', 'ingest_presence(jsonb) returns jsonb');
-select function_returns('public', 'flush_presence', array[]::name[], 'integer', 'flush_presence() returns integer');
-select function_returns('public', 'expire_stale_presence', array['interval'], 'integer',
+select function_returns('private', 'ingest_presence', array['jsonb'], 'jsonb', 'ingest_presence(jsonb) returns jsonb');
+select function_returns('private', 'flush_presence', array[]::name[], 'integer', 'flush_presence() returns integer');
+select function_returns('private', 'expire_stale_presence', array['interval'], 'integer',
   'expire_stale_presence(interval) returns integer');
 select is(
   (select pg_get_expr(proargdefaults, 0) from pg_proc
-   where oid = 'public.expire_stale_presence(interval)'::regprocedure),
+   where oid = 'private.expire_stale_presence(interval)'::regprocedure),
   '''00:05:00''::interval', 'max_age defaults to 5 minutes');
-select function_privs_are('public', 'ingest_presence', array['jsonb'], 'anon', array[]::text[], 'anon cannot execute ingest_presence');
-select function_privs_are('public', 'ingest_presence', array['jsonb'], 'authenticated', array[]::text[],
+select function_privs_are('private', 'ingest_presence', array['jsonb'], 'anon', array[]::text[], 'anon cannot execute ingest_presence');
+select function_privs_are('private', 'ingest_presence', array['jsonb'], 'authenticated', array[]::text[],
   'authenticated cannot execute ingest_presence');
-select function_privs_are('public', 'ingest_presence', array['jsonb'], 'service_role', array['EXECUTE'],
+select function_privs_are('private', 'ingest_presence', array['jsonb'], 'service_role', array['EXECUTE'],
   'service_role executes ingest_presence');
-select function_privs_are('public', 'flush_presence', array[]::name[], 'anon', array[]::text[], 'anon cannot execute flush_presence');
-select function_privs_are('public', 'flush_presence', array[]::name[], 'authenticated', array[]::text[],
+select function_privs_are('private', 'flush_presence', array[]::name[], 'anon', array[]::text[], 'anon cannot execute flush_presence');
+select function_privs_are('private', 'flush_presence', array[]::name[], 'authenticated', array[]::text[],
   'authenticated cannot execute flush_presence');
-select function_privs_are('public', 'flush_presence', array[]::name[], 'service_role', array['EXECUTE'],
+select function_privs_are('private', 'flush_presence', array[]::name[], 'service_role', array['EXECUTE'],
   'service_role executes flush_presence');
-select function_privs_are('public', 'expire_stale_presence', array['interval'], 'anon', array[]::text[],
+select function_privs_are('private', 'expire_stale_presence', array['interval'], 'anon', array[]::text[],
   'anon cannot execute expire_stale_presence');
-select function_privs_are('public', 'expire_stale_presence', array['interval'], 'authenticated', array[]::text[],
+select function_privs_are('private', 'expire_stale_presence', array['interval'], 'authenticated', array[]::text[],
   'authenticated cannot execute expire_stale_presence');
-select function_privs_are('public', 'expire_stale_presence', array['interval'], 'service_role', array['EXECUTE'],
+select function_privs_are('private', 'expire_stale_presence', array['interval'], 'service_role', array['EXECUTE'],
   'service_role executes expire_stale_presence');
 select is_empty(
   $$select p.oid::regprocedure from pg_proc p, aclexplode(p.proacl) a
-    where p.oid in ('public.ingest_presence(jsonb)'::regprocedure, 'public.flush_presence()'::regprocedure,
-                    'public.expire_stale_presence(interval)'::regprocedure)
+    where p.oid in ('private.ingest_presence(jsonb)'::regprocedure, 'private.flush_presence()'::regprocedure,
+                    'private.expire_stale_presence(interval)'::regprocedure)
       and a.grantee = 0$$,
   'none of them is executable by PUBLIC');
 
 select tests.authenticate_as_anon();
-select throws_ok($$select public.ingest_presence('[]')$$, '42501', null, 'anon is refused ingest_presence');
-select throws_ok($$select public.flush_presence()$$, '42501', null, 'anon is refused flush_presence');
-select throws_ok($$select public.expire_stale_presence()$$, '42501', null, 'anon is refused expire_stale_presence');
+select throws_ok($$select private.ingest_presence('[]')$$, '42501', null, 'anon is refused ingest_presence');
+select throws_ok($$select private.flush_presence()$$, '42501', null, 'anon is refused flush_presence');
+select throws_ok($$select private.expire_stale_presence()$$, '42501', null, 'anon is refused expire_stale_presence');
 select tests.clear_authentication();
 
 select tests.create_user('signed-in@presence.test') as signed_in \gset
 select tests.authenticate_as(:'signed_in');
-select throws_ok($$select public.ingest_presence('[]')$$, '42501', null, 'a signed-in user is refused ingest_presence');
-select throws_ok($$select public.flush_presence()$$, '42501', null, 'a signed-in user is refused flush_presence');
-select throws_ok($$select public.expire_stale_presence()$$, '42501', null,
+select throws_ok($$select private.ingest_presence('[]')$$, '42501', null, 'a signed-in user is refused ingest_presence');
+select throws_ok($$select private.flush_presence()$$, '42501', null, 'a signed-in user is refused flush_presence');
+select throws_ok($$select private.expire_stale_presence()$$, '42501', null,
   'a signed-in user is refused expire_stale_presence');
 select tests.clear_authentication();
 
@@ -95,15 +95,17 @@ select tests.clear_authentication();
 
 select results_eq(
   $$select jobname::text collate "default", schedule, command from cron.job where jobname in ('presence-flush', 'presence-expire') order by jobname$$,
-  $$values ('presence-expire', '* * * * *', 'select public.expire_stale_presence()'),
-           ('presence-flush', '* * * * *', 'select public.flush_presence()')$$,
+  $$values ('presence-expire', '* * * * *', 'select private.expire_stale_presence()'),
+           ('presence-flush', '* * * * *', 'select private.flush_presence()')$$,
   'pg_cron flushes and expires presence every minute');
 
 -- ---- the rollback (inside this transaction) ------------------------------------------------
+-- From here on, the migration as it was first written: its rollback, then the migration again
+-- (in public, where 20261102000000_presence_buffer.sql puts its functions).
 
 select tests.create_user('pending@presence.test') as pending \gset
 update public.profiles set last_seen_at = now() - interval '1 minute' where id = :'pending';
-select from public.ingest_presence(jsonb_build_array(jsonb_build_object(
+select from private.ingest_presence(jsonb_build_array(jsonb_build_object(
   'user_id', :'pending', 'status', 'online', 'at', now() - interval '10 seconds', 'lat', 1.5, 'lng', 2.5)));
 -- Profiles other suites cannot be creating or deleting meanwhile: the seed's and this file's.
 select count(*) as profiles_before from public.profiles as p join auth.users as u on u.id = p.id

@@ -16,7 +16,7 @@ select tests.create_user('hysteresis@cells.test', 'Still', (select lat from edge
 
 create function pg_temp.fix(metres_north double precision, seconds integer) returns void
 language sql as $$
-  select public.ingest_presence(jsonb_build_array(jsonb_build_object(
+  select private.ingest_presence(jsonb_build_array(jsonb_build_object(
     'user_id', (select id from who), 'status', 'online',
     'at', now() + make_interval(secs => seconds),
     'lat', (select lat from edge) + metres_north * (select deg from m), 'lng', 13.4)))
@@ -39,7 +39,7 @@ select isnt((select north from cells), (select south from cells), 'the two sides
 -- GPS noise of +-15 m around a point 10 m north of the edge: every other fix is south of it.
 select pg_temp.fix(-15, 1), pg_temp.fix(12, 2), pg_temp.fix(-5, 3), pg_temp.fix(-15, 4);
 select is(pg_temp.shown(), (select north from cells), 'fixes alternating across the edge keep the cell shown');
-select public.flush_presence();
+select private.flush_presence();
 select is(pg_temp.shown(), (select north from cells), '... also once flushed into profiles');
 
 select pg_temp.fix(-90, 5);

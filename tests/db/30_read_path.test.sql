@@ -51,7 +51,7 @@ select function_privs_are('public', 'nearby_online_users',
 select function_privs_are('public', 'nearby_online_users',
   array['double precision', 'double precision', 'integer', 'integer'], 'authenticated', array['EXECUTE'],
   'authenticated may call nearby_online_users');
-select function_privs_are('public', 'find_nearby_online_users',
+select function_privs_are('private', 'find_nearby_online_users',
   array['double precision', 'double precision', 'integer', 'integer', 'uuid'], 'authenticated', array[]::text[],
   'find_nearby_online_users (no caller exclusion) is not for clients');
 
@@ -190,7 +190,7 @@ select throws_ok($$ select * from public.nearby_online_users(null, 0, 5000, 50) 
 
 -- Other roles.
 select throws_ok(
-  $$ select * from public.find_nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0), 5000, 50, null) $$,
+  $$ select * from private.find_nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0), 5000, 50, null) $$,
   '42501', null, 'authenticated may not call find_nearby_online_users');
 select tests.authenticate_as_anon();
 select throws_ok($$ select * from public.nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0)) $$, '42501', null,
@@ -321,14 +321,14 @@ select tests.clear_authentication();
 
 -- The cached-answer worker (service_role and the functions only) excludes whom it is told.
 select is(
-  (select count(*)::integer from public.find_nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0), 5000, 50, pg_temp.who('near'))
+  (select count(*)::integer from private.find_nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0), 5000, 50, pg_temp.who('near'))
    where user_id = pg_temp.who('near')),
   0, 'find_nearby_online_users excludes the given user');
 select is(
-  (select count(*)::integer from public.find_nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0), 5000, 50, null)
+  (select count(*)::integer from private.find_nearby_online_users(pg_temp.lat_of(0), pg_temp.lng_of(0), 5000, 50, null)
    where user_id = pg_temp.who('me')),
   1, 'find_nearby_online_users without an exclusion returns everyone');
-select throws_ok($$ select * from public.find_nearby_online_users(0, 0, 5000, 1001, null) $$, '22023',
+select throws_ok($$ select * from private.find_nearby_online_users(0, 0, 5000, 1001, null) $$, '22023',
   'max_results must be between 1 and 1000, got 1001', 'find_nearby_online_users caps max_results at 1000');
 
 -- The grid itself.

@@ -70,7 +70,7 @@ create temporary table plans (name text primary key, plan text) on commit drop;
 insert into plans values (
   'nearby',
   pg_temp.rpc_plan(
-    'public.find_nearby_online_users(double precision, double precision, integer, integer, uuid)',
+    'private.find_nearby_online_users(double precision, double precision, integer, integer, uuid)',
     array['probe', 'lat', 'lng', 'radius_m', 'max_results', 'excluded_user_id', 'pad_lat', 'pad_lng'],
     array['extensions.geography', 'float8', 'float8', 'integer', 'integer', 'uuid', 'float8', 'float8'],
     array['extensions.st_point(-40, -10, 4326)::extensions.geography', '-10', '-40', '5000', '50',

@@ -8,7 +8,7 @@ set local sltr.presence_global_broadcast = on;
 
 -- Apply what other sessions left in the presence buffer, and expire stale users, first (all
 -- rolled back at the end), so every broadcast counted below is about this test's users only.
-select public.flush_presence() >= 0 as drained, public.expire_stale_presence() >= 0 as expired;
+select private.flush_presence() >= 0 as drained, private.expire_stale_presence() >= 0 as expired;
 create temp table earlier_messages as select id from realtime.messages;
 
 -- The broadcasts this test made: pg_cron's flushes committing meanwhile have another
@@ -43,7 +43,7 @@ select has_trigger('public', 'profiles', 'broadcast_presence_changes', 'profiles
 select is(
   (select tgtype::int & 1 from pg_trigger where tgname = 'broadcast_presence_changes'), 0,
   'the broadcast trigger fires once per statement, not per row');
-select function_privs_are('public', 'broadcast_presence_changes', array[]::text[], 'service_role',
+select function_privs_are('private', 'broadcast_presence_changes', array[]::text[], 'service_role',
   array[]::text[], 'nobody calls the trigger function directly');
 
 select tests.create_user('rt-alice@sltr.test', latitude => 52.52, longitude => 13.40) as alice \gset
@@ -53,12 +53,12 @@ select tests.create_user('rt-carol@sltr.test') as carol \gset
 -- A flush that changes three users: one broadcast with three changes.
 select tests.authenticate_as_service_role();
 select is(
-  public.ingest_presence(jsonb_build_array(
+  private.ingest_presence(jsonb_build_array(
     jsonb_build_object('user_id', :'alice', 'status', 'online', 'at', now() - interval '20 minutes', 'lat', 52.53, 'lng', 13.41),
     jsonb_build_object('user_id', :'bob', 'status', 'online', 'at', now() - interval '19 minutes'),
     jsonb_build_object('user_id', :'carol', 'status', 'online', 'at', now() - interval '18 minutes'))),
   '{"accepted": 3, "ignored": 0}'::jsonb, 'three presence events are accepted');
-select is(public.flush_presence(), 3, 'the flush changes three profiles');
+select is(private.flush_presence(), 3, 'the flush changes three profiles');
 select tests.clear_authentication();
 
 select is((select count(*)::int from sent), 1, 'the flush is one broadcast, not one per row');
@@ -84,37 +84,37 @@ $$, 'no number appears anywhere in the broadcast, so no coordinate can');
 
 -- Nothing changed, nothing sent.
 select tests.authenticate_as_service_role();
-select is(public.flush_presence(), 0, 'a flush with nothing to apply changes nothing...');
+select is(private.flush_presence(), 0, 'a flush with nothing to apply changes nothing...');
 select tests.clear_authentication();
 select is((select count(*)::int from sent), 1, '...and broadcasts nothing');
 
 -- A heartbeat (same status, same place) is not a status change.
 select tests.authenticate_as_service_role();
 select is(
-  (public.ingest_presence(jsonb_build_array(
+  (private.ingest_presence(jsonb_build_array(
     jsonb_build_object('user_id', :'bob', 'status', 'online', 'at', now() - interval '17 minutes')))) ->> 'accepted',
   '1', 'a heartbeat is accepted');
-select lives_ok('select public.flush_presence()', 'flushing a heartbeat works');
+select lives_ok('select private.flush_presence()', 'flushing a heartbeat works');
 select tests.clear_authentication();
 select is((select count(*)::int from sent), 1, 'a heartbeat is not broadcast');
 
 -- Moving while online is not broadcast either (the new position is nobody's business).
 select tests.authenticate_as_service_role();
 select is(
-  (public.ingest_presence(jsonb_build_array(jsonb_build_object(
+  (private.ingest_presence(jsonb_build_array(jsonb_build_object(
     'user_id', :'alice', 'status', 'online', 'at', now() - interval '16 minutes', 'lat', 48.14, 'lng', 11.58)))) ->> 'accepted',
   '1', 'a move is accepted');
-select is(public.flush_presence(), 1, 'the flush applies the move');
+select is(private.flush_presence(), 1, 'the flush applies the move');
 select tests.clear_authentication();
 select is((select count(*)::int from sent), 1, 'a move while online is not broadcast');
 
 -- Going offline is.
 select tests.authenticate_as_service_role();
 select is(
-  (public.ingest_presence(jsonb_build_array(jsonb_build_object(
+  (private.ingest_presence(jsonb_build_array(jsonb_build_object(
     'user_id', :'carol', 'status', 'offline', 'at', now() - interval '15 minutes')))) ->> 'accepted',
   '1', 'a leave is accepted');
-select is(public.flush_presence(), 1, 'the flush applies the leave');
+select is(private.flush_presence(), 1, 'the flush applies the leave');
 select tests.clear_authentication();
 select results_eq(
   $$select c ->> 'user_id', c ->> 'is_online' from sent, jsonb_array_elements(sent.payload -> 'changes') as c
@@ -125,7 +125,7 @@ select results_eq(
 -- Missed leaves expired by expire_stale_presence are broadcast too, once per batch: alice and
 -- bob were last seen 16 and 17 minutes ago.
 select tests.authenticate_as_service_role();
-select is(public.expire_stale_presence(), 2, 'expiry marks the two online users offline');
+select is(private.expire_stale_presence(), 2, 'expiry marks the two online users offline');
 select tests.clear_authentication();
 select results_eq(
   $$select c ->> 'user_id', c ->> 'is_online' from sent, jsonb_array_elements(sent.payload -> 'changes') as c
@@ -144,11 +144,11 @@ select is((select count(*)::int from sent), 3, 'a profile edit is not broadcast'
 do $$ begin perform tests.create_user(format('rt-bulk-%s@sltr.test', i)) from generate_series(1, 1001) as i; end $$;
 select tests.authenticate_as_service_role();
 select is(
-  (public.ingest_presence((
+  (private.ingest_presence((
     select jsonb_agg(jsonb_build_object('user_id', p.id, 'status', 'online', 'at', now()))
     from public.profiles as p where p.display_name like 'rt-bulk-%'))) ->> 'accepted',
   '1001', '1001 events are accepted');
-select is(public.flush_presence(), 1001, 'one flush applies them');
+select is(private.flush_presence(), 1001, 'one flush applies them');
 select tests.clear_authentication();
 select results_eq('select n from sent order by n', array[1, 1, 2, 3, 1000],
   'a 1001-change flush is split into a message of 1000 and one of the remaining one');

@@ -20,7 +20,7 @@ select tests.create_user('dan@push.test') as dan \gset
 select tests.create_user('eve@push.test') as eve \gset
 
 -- Online now: ann, cat, dan (eve stays offline).
-select public.ingest_presence(jsonb_build_array(
+select private.ingest_presence(jsonb_build_array(
   jsonb_build_object('user_id', :'ann', 'status', 'online', 'at', now() - interval '1 second'),
   jsonb_build_object('user_id', :'cat', 'status', 'online', 'at', now() - interval '1 second'),
   jsonb_build_object('user_id', :'dan', 'status', 'online', 'at', now() - interval '1 second')
@@ -72,7 +72,7 @@ select is(public.watch_presence(array[:'bob']::uuid[]), 1, 'cat watches bob');
 select tests.clear_authentication();
 
 -- bob comes online: ann (screen) and cat (screen) get it; dan watches nobody; eve is offline.
-select public.ingest_presence(jsonb_build_array(jsonb_build_object(
+select private.ingest_presence(jsonb_build_array(jsonb_build_object(
   'user_id', :'bob', 'status', 'online', 'at', now(), 'lat', 52.52, 'lng', 13.40))) is not null as bob_online;
 select set_eq($$select recipient from inbox$$, array[:'ann', :'cat']::uuid[],
   'every online watcher, and nobody else, gets the change');
@@ -86,7 +86,7 @@ select ok(not exists (select from inbox where changes::text ~ '52\.5|13\.4'), 'n
 
 -- A heartbeat and a move change nobody's status: nothing is pushed.
 delete from realtime.messages where topic like 'presence:user:%' and inserted_at = now()::timestamp;
-select public.ingest_presence(jsonb_build_array(
+select private.ingest_presence(jsonb_build_array(
   jsonb_build_object('user_id', :'bob', 'status', 'online', 'at', now() + interval '1 second'),
   jsonb_build_object('user_id', :'bob', 'status', 'online', 'at', now() + interval '2 seconds',
     'lat', 48.1, 'lng', 11.5))) is not null as heartbeat;
@@ -96,7 +96,7 @@ select is_empty($$select from inbox$$, 'heartbeats and moves push nothing');
 select tests.authenticate_as(:'dan');
 select is(public.watch_presence(array[:'cat']::uuid[]), 1, 'dan watches cat');
 select tests.clear_authentication();
-select public.ingest_presence(jsonb_build_array(
+select private.ingest_presence(jsonb_build_array(
   jsonb_build_object('user_id', :'bob', 'status', 'offline', 'at', now() + interval '3 seconds'),
   jsonb_build_object('user_id', :'cat', 'status', 'offline', 'at', now() + interval '3 seconds')
 )) is not null as both_leave;
@@ -112,7 +112,7 @@ select ok(not exists (select from inbox where recipient = :'cat'),
 -- An expired screen list pushes nothing.
 update private.presence_watches set expires_at = now() - interval '1 second' where watcher_id = :'dan';
 delete from realtime.messages where topic like 'presence:user:%' and inserted_at = now()::timestamp;
-select public.ingest_presence(jsonb_build_array(
+select private.ingest_presence(jsonb_build_array(
   jsonb_build_object('user_id', :'cat', 'status', 'online', 'at', now() + interval '4 seconds')
 )) is not null as cat_back;
 select is_empty(format('select from inbox where recipient = %L', :'dan'),
@@ -121,14 +121,14 @@ select is_empty(format('select from inbox where recipient = %L', :'dan'),
 -- A missed leave (expire_stale_presence) is pushed like any other change: ann's favorite dan.
 delete from realtime.messages where topic like 'presence:user:%' and inserted_at = now()::timestamp;
 update public.presence_buffer set event_at = now() - interval '10 minutes' where user_id = :'dan';
-select ok(public.expire_stale_presence() >= 1, 'dan''s leave was missed and is found');
+select ok(private.expire_stale_presence() >= 1, 'dan''s leave was missed and is found');
 select is((select changes -> 0 from inbox where recipient = :'ann'),
   jsonb_build_object('user_id', :'dan', 'is_online', false,
     'last_seen_at', date_trunc('minute', (now() - interval '10 minutes') at time zone 'UTC') at time zone 'UTC'),
   'ann hears that her favorite dan went offline, last seen at his last event');
 
 -- The global topic is off unless asked for.
-select public.flush_presence() >= 0 as flushed;
+select private.flush_presence() >= 0 as flushed;
 select is_empty($$select from realtime.messages where topic = 'presence:changes' and inserted_at = now()::timestamp$$,
   'no global broadcast by default');
 select ok(not exists (select from information_schema.role_routine_grants

@@ -24,7 +24,7 @@
 //   cron_flush_failure      flush_presence() failing on a lock held on profiles: nothing is
 //                           lost, the alerts fire, the next flush catches up. pg_cron runs at
 //                           most once a minute, so the test does not wait for it: it calls
-//                           public.flush_presence() itself (as the job's command does) with a
+//                           private.flush_presence() itself (as the job's command does) with a
 //                           lock_timeout, and records the failed run in cron.job_run_details
 //                           as pg_cron would.
 import assert from "node:assert/strict";
@@ -500,7 +500,7 @@ async function cronFlushFailure(stack: Stack, users: User[]): Promise<void> {
     await isLocked;
     const failure = await db.begin(async (tx) => {
       await tx`set local lock_timeout = '300ms'`;
-      await tx`select public.flush_presence()`;
+      await tx`select private.flush_presence()`;
     }).then(() => undefined, (e: { code?: string; message?: string }) => e);
     assert.equal(failure?.code, "55P03", "the flush times out on the lock");
     await db`
@@ -539,7 +539,7 @@ async function cronFlushFailure(stack: Stack, users: User[]): Promise<void> {
     // The lock goes away; the next run catches up.
     release();
     await holding;
-    await db`select public.flush_presence()`;
+    await db`select private.flush_presence()`;
     const profiles = await db<{ id: string; is_online: boolean; last_seen_at: Date }[]>`
       select id, is_online, last_seen_at from public.profiles where id = any(${
       uuidArray(ids)

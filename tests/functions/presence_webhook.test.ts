@@ -198,7 +198,7 @@ async function assertUntouched(ids: string[]): Promise<void> {
   }
 }
 
-const flush = async () => (await db`select public.flush_presence() as n`)[0].n as number;
+const flush = async () => (await db`select private.flush_presence() as n`)[0].n as number;
 
 // ---- method, credentials -------------------------------------------------------------------
 
@@ -725,7 +725,7 @@ test("an_ingest_during_a_flush_loses_nothing", async () => {
   let flushedInside = 0;
   await db.begin(async (tx) => {
     // The flush claims and deletes the buffered rows and holds them until it commits.
-    flushedInside = (await tx`select public.flush_presence() as n`)[0].n;
+    flushedInside = (await tx`select private.flush_presence() as n`)[0].n;
     posts = Promise.all([
       postSigned({ events: claimed.map((id) => ev(id, "offline", now - 10_000)) }),
       postSigned({ events: fresh.map((id) => ev(id, "online", now - 10_000)) }),
@@ -789,7 +789,7 @@ test("flapping_between_flushes_costs_one_profile_update_and_a_heartbeat_costs_no
   // The heartbeat stays buffered: it is the steady user's last-seen time...
   assert.equal((await heldOne(steady)).last_seen_at, now - 1000);
   // ...so expiry (5 minutes) does not take them offline, though the profile says 2 minutes ago.
-  await db`select public.expire_stale_presence(interval '90 seconds')`;
+  await db`select private.expire_stale_presence(interval '90 seconds')`;
   assert.equal((await heldOne(steady)).is_online, true);
 });
 
@@ -804,7 +804,7 @@ test("a_missed_leave_expires_after_max_age", async () => {
     lastSeenAt: new Date(now - 20 * 60_000),
   });
   await postSigned({ events: [ev(heartbeat, "online", now - 30_000)] });
-  await db`select public.expire_stale_presence()`;
+  await db`select private.expire_stale_presence()`;
   assert.deepEqual(
     [(await heldOne(silent)).is_online, (await heldOne(silent)).last_seen_at],
     [false, now - 10 * 60_000],

@@ -310,7 +310,7 @@ test("leaves_arrivals_and_moves_are_right_on_the_next_read", async () => {
 test("a_write_the_index_missed_is_repaired_by_the_reconciliation", async () => {
   // Online in Postgres only (as if the webhook's write-through had failed): the index does not
   // know yet; the reconciliation (due once a minute; made due here) finds it.
-  await db`select public.ingest_presence(${
+  await db`select private.ingest_presence(${
     db.json([{
       user_id: sleeper.id,
       status: "online",

@@ -637,7 +637,7 @@ Deno.test({
     try {
       // A quiet database: no pg_cron runs, and whatever they would do done now.
       await db.unsafe(`update cron.job set active = false`);
-      await db.unsafe(`select public.flush_presence(), public.expire_stale_presence()`);
+      await db.unsafe(`select private.flush_presence(), private.expire_stale_presence()`);
       const [{ n }] = await db.unsafe<{ n: number }[]>(
         `select count(*)::int as n from auth.users where id::text like 'f0220000-%'`,
       );

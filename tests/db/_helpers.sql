@@ -25,7 +25,7 @@ $$;
 
 -- Act as a signed-in user, exactly as PostgREST does for a request with that user's JWT.
 create or replace function tests.authenticate_as(user_id uuid) returns void
-language plpgsql as $$
+language plpgsql set search_path = '' as $$
 begin
   perform set_config('request.jwt.claims',
     json_build_object('sub', user_id, 'role', 'authenticated', 'aud', 'authenticated')::text, true);
@@ -35,7 +35,7 @@ $$;
 
 -- Act as the anon key.
 create or replace function tests.authenticate_as_anon() returns void
-language plpgsql as $$
+language plpgsql set search_path = '' as $$
 begin
   perform set_config('request.jwt.claims', json_build_object('role', 'anon')::text, true);
   execute 'set local role anon';
@@ -44,7 +44,7 @@ $$;
 
 -- Act as the service_role key.
 create or replace function tests.authenticate_as_service_role() returns void
-language plpgsql as $$
+language plpgsql set search_path = '' as $$
 begin
   perform set_config('request.jwt.claims', json_build_object('role', 'service_role')::text, true);
   execute 'set local role service_role';
@@ -53,7 +53,7 @@ $$;
 
 -- Back to the test's own superuser session.
 create or replace function tests.clear_authentication() returns void
-language plpgsql as $$
+language plpgsql set search_path = '' as $$
 begin
   perform set_config('request.jwt.claims', null, true);
   execute 'reset role';

@@ -117,9 +117,14 @@ bootstrap_db() {
   psql_db -d postgres -c "alter database postgres set search_path to \"\$user\", public, extensions" \
     -c "create schema if not exists extensions" \
     -c "create extension if not exists pg_stat_statements with schema extensions" \
-    -c "create extension if not exists pg_cron" \
+    -c "create extension if not exists pg_cron with schema pg_catalog" \
     -c "create extension if not exists postgis with schema extensions" \
     -c "create extension if not exists pgtap with schema extensions" >/dev/null
+  # Hosted Supabase has pg_cron in pg_catalog (its objects are in schema cron either way). A
+  # cluster bootstrapped before that had it in public, which Supabase's advisors flag
+  # (extension_in_public); pg_cron cannot be relocated, and re-creating it would drop the jobs.
+  psql_db -d postgres -c "update pg_catalog.pg_extension set extnamespace = 'pg_catalog'::regnamespace
+    where extname = 'pg_cron' and extnamespace = 'public'::regnamespace" >/dev/null
   psql_db -d postgres -f "$ROOT/supabase/bootstrap.sql" >/dev/null
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every suite, against the real local stack (started here if it is not running).
-#   test.sh all | lint | db | migrations | deno [deno test args...] | faults | fuzz
+#   test.sh all | lint | db | advisors | migrations | deno [deno test args...] | faults | fuzz
 . "$(dirname "$0")/lib.sh"
 
 failed=()
@@ -24,6 +24,25 @@ db_tests() {
     --ext .sql tests/db/*.test.sql)
 }
 
+# Supabase's advisors (splinter's lints, as the Supabase CLI runs them) on the migrated local
+# database: no error and no warning; each info-level lint must be explained in docs/advisors.md.
+advisors() {
+  local out="$STATE/advisors.json"
+  DO_NOT_TRACK=1 "$NODE_BIN/supabase" db advisors --db-url "${DB_URL}?sslmode=disable" \
+    --type all --level info -o json >"$out" 2>"$STATE/advisors.log" || { cat "$STATE/advisors.log"; return 1; }
+  python3 - "$out" "$ROOT/docs/advisors.md" <<'PY'
+import json, sys
+findings = json.load(open(sys.argv[1]))
+documented = open(sys.argv[2]).read()
+bad = [f for f in findings if f["level"] != "INFO"]
+undocumented = sorted({f["name"] for f in findings if f["level"] == "INFO" and f"`{f['name']}`" not in documented})
+for f in findings:
+    print(f"{f['level']:5} {f['name']}: {f['detail']}")
+print(f"advisors: {len(findings)} findings, {len(bad)} errors or warnings, undocumented info lints: {undocumented or 'none'}")
+sys.exit(1 if bad or undocumented else 0)
+PY
+}
+
 migration_tests() {
   (cd "$ROOT" && prove --exec bash tests/stack.sh tests/migrations.sh)
 }
@@ -41,6 +60,7 @@ fuzz_tests() { deno_tests tests/fuzz/; }
 case "${1:-all}" in
   lint) lint ;;
   db) "$ROOT/scripts/stack.sh" start >/dev/null && db_tests ;;
+  advisors) "$ROOT/scripts/stack.sh" db >/dev/null && advisors ;;
   migrations) "$ROOT/scripts/stack.sh" db >/dev/null && migration_tests ;;
   deno) shift; "$ROOT/scripts/stack.sh" start >/dev/null && deno_tests "$@" ;;
   faults) fault_tests ;;
@@ -51,6 +71,7 @@ case "${1:-all}" in
     "$ROOT/scripts/stack.sh" start
     suite pgtap db_tests
     suite migrations migration_tests
+    suite advisors advisors
     suite deno deno_tests --ignore="$SELF_CONTAINED"
     suite faults fault_tests
     suite fuzz fuzz_tests
@@ -58,5 +79,5 @@ case "${1:-all}" in
     echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
     [ ${#failed[@]} -eq 0 ] || { log "failed suites: ${failed[*]}"; exit 1; }
     ;;
-  *) die "usage: $0 all|lint|db|migrations|deno|faults|fuzz" ;;
+  *) die "usage: $0 all|lint|db|advisors|migrations|deno|faults|fuzz" ;;
 esac

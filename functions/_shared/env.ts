@@ -1,6 +1,8 @@
 // Configuration, read and validated once per process. Names follow the hosted Supabase
 // Edge Functions environment (SUPABASE_*), plus our own REDIS_URL and webhook secret.
 
+import type { Quota } from "./quota.ts";
+
 function required(name: string): string {
   const value = Deno.env.get(name);
   if (!value) throw new Error(`missing environment variable ${name}`);
@@ -63,6 +65,23 @@ export interface Env {
   fallbackConcurrency: number;
   /** Lifetime of a presence ticket (PRESENCE_TICKET_TTL_SECONDS, default 900). */
   presenceTicketTtlSeconds: number;
+  /** Per-user quotas (quota.ts), each SLTR_QUOTA_<NAME>=<capacity>/<seconds to refill it>:
+   * nearby reads (default 20/120: a read every 6 s, bursts of 20), ids asked of online-status
+   * (2000/60) and self-reported presence requests (20/60). The database's RPC quotas
+   * (private.quota_limits) default to the same. */
+  quotas: { nearby: Quota; status: Quota; selfReport: Quota };
+  /** How far from the caller's own last known cell a nearby probe may be
+   * (SLTR_NEARBY_MAX_PROBE_KM, default 50; 0 for no limit). */
+  nearbyMaxProbeM: number;
+}
+
+function quota(name: string, variable: string, fallback: string): Quota {
+  const raw = optional(variable) ?? fallback;
+  const m = /^(\d+)\/(\d+)$/.exec(raw);
+  if (!m || Number(m[1]) < 1 || Number(m[2]) < 1) {
+    throw new Error(`${variable} must be <capacity>/<seconds>, e.g. ${fallback}; got ${raw}`);
+  }
+  return { name, capacity: Number(m[1]), perSecond: Number(m[1]) / Number(m[2]) };
 }
 
 let cached: Env | undefined;
@@ -83,6 +102,12 @@ export function env(): Env {
     dbQueryTimeoutMs: Number(optional("SLTR_DB_QUERY_TIMEOUT_MS") ?? "5000"),
     fallbackConcurrency: Number(optional("SLTR_FALLBACK_CONCURRENCY") ?? "4"),
     presenceTicketTtlSeconds: Number(optional("PRESENCE_TICKET_TTL_SECONDS") ?? "900"),
+    quotas: {
+      nearby: quota("nearby", "SLTR_QUOTA_NEARBY", "20/120"),
+      status: quota("status", "SLTR_QUOTA_STATUS", "2000/60"),
+      selfReport: quota("self_report", "SLTR_QUOTA_SELF_REPORT", "20/60"),
+    },
+    nearbyMaxProbeM: Number(optional("SLTR_NEARBY_MAX_PROBE_KM") ?? "50") * 1000,
   };
   return cached;
 }

@@ -20,6 +20,7 @@
 // round-half-even) and ordered the same way (distance, then user id): tests/functions/
 // nearby_parity.test.ts compares them on thousands of queries.
 import type { Redis } from "ioredis";
+import { type Quota, quotaArgs, TAKE_LUA } from "./quota.ts";
 
 export const PREFIX = "{live}";
 export const CELLS = `${PREFIX}:cells`;
@@ -227,7 +228,9 @@ while i <= #ARGV do
       redis.call('SREM', '${ONLINE}', id)
     end
   elseif seen == '' and held < 0 then
+    -- Never seen online: offline, and where their profile says they are (if anywhere).
     redis.call('HSET', h, 'o', '0')
+    if cell ~= '' and not cur[3] then redis.call('HSET', h, 'c', cell, 'x', x, 'y', y) end
   end
 end
 return 1
@@ -285,9 +288,27 @@ export const canAnswer = (state: Readiness) => state === "ready" || state === "r
  * it: in a busy area the answer lies within a kilometre, and searching the whole radius there
  * cost most of the script (GEOSEARCH over hundreds of cells, 350 us a call at 50k online). A
  * cell's users are read once however often the search widens. */
-const NEARBY = `${READINESS}
+const NEARBY = `${READINESS}${TAKE_LUA}
+-- The caller's quota first (ARGV[7..9]: bucket key, capacity, refill per second; ARGV[11] 0
+-- when this request was already charged), then, once the index can answer, how far the probe
+-- is from the caller's own cell (ARGV[10] metres, 0 for no limit; ARGV[12] the caller).
+if ARGV[11] == '1' then
+  local wait = take(ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), 1)
+  if wait > 0 then return {'limited', tostring(wait)} end
+end
 local state = readiness()
 if state == 'cold' or state == 'rebuild' then return {state} end
+if tonumber(ARGV[10]) > 0 then
+  local xy = redis.call('HMGET', '${PREFIX}:user:' .. ARGV[12], 'x', 'y')
+  if not xy[1] then return {'unlocated', state} end
+  local rad = math.pi / 180
+  local dlat, dlng = (tonumber(ARGV[2]) - tonumber(xy[2])) * rad, (tonumber(ARGV[1]) - tonumber(xy[1])) * rad
+  local h = math.sin(dlat / 2) ^ 2
+    + math.cos(tonumber(ARGV[2]) * rad) * math.cos(tonumber(xy[2]) * rad) * math.sin(dlng / 2) ^ 2
+  if 2 * 6371008.8 * math.asin(math.min(1, math.sqrt(h))) > tonumber(ARGV[10]) then
+    return {'too_far', state}
+  end
+end
 local lng, lat, radius, since = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local need, r = tonumber(ARGV[5]), math.min(tonumber(ARGV[3]), tonumber(ARGV[6]))
 local seen = {}
@@ -348,13 +369,17 @@ return #ARGV
 `;
 
 /** (online, last seen) of each id: the user hash's o and s, or nothing when not indexed. */
-const STATUS = `${READINESS}
+const STATUS = `${READINESS}${TAKE_LUA}
+-- ARGV[1..3]: the caller's bucket (key, capacity, refill per second), charged one token per id;
+-- then the ids.
+local wait = take(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), #ARGV - 3)
+if wait > 0 then return {'limited', tostring(wait)} end
 local state = readiness()
 if state == 'cold' or state == 'rebuild' then return {state} end
 local out = {}
-for i, id in ipairs(ARGV) do
-  local v = redis.call('HMGET', '${PREFIX}:user:' .. id, 'o', 's')
-  out[i] = v[1] and (v[1] .. ':' .. (v[2] or '')) or false
+for i = 4, #ARGV do
+  local v = redis.call('HMGET', '${PREFIX}:user:' .. ARGV[i], 'o', 's')
+  out[i - 3] = v[1] and (v[1] .. ':' .. (v[2] or '')) or false
 end
 return {state, out}
 `;
@@ -472,13 +497,29 @@ const FIRST_SEARCH_M = 1500;
 
 /** find_nearby_online_users from the index: no Postgres statement. `users` is absent when the
  * index is not built. */
+/** Why the index refused a read: the caller's quota is spent (retry after `retryAfter` s),
+ * the probe is too far from the caller's own cell, or the index does not know the caller's. */
+export type Refusal = "limited" | "too_far" | "unlocated";
+
+export interface Caller {
+  id: string;
+  quota: Quota;
+  /** How far from the caller's own cell the probe may be, metres (0: no limit). */
+  maxProbeM: number;
+  /** False when this request already took its token (a retry). */
+  charge: boolean;
+}
+
 export async function nearby(
   r: Redis,
   q: { lat: number; lng: number; radius_m: number; limit: number },
-  excluded: string | null,
+  caller: Caller,
   nowMs = Date.now(),
-): Promise<{ state: Readiness; users?: NearbyUser[] }> {
-  const need = q.limit + (excluded ? 1 : 0);
+): Promise<
+  { state: Readiness | Refusal; users?: NearbyUser[]; retryAfter?: number; readiness?: Readiness }
+> {
+  const excluded = caller.id;
+  const need = q.limit + 1;
   const [state, flat, names] = await run(r, NEARBY, [
     q.lng,
     q.lat,
@@ -486,8 +527,16 @@ export async function nearby(
     (nowMs - ONLINE_WINDOW_MS) * 1000,
     need,
     FIRST_SEARCH_M,
-  ]) as [Readiness, string[], string[]];
-  if (!canAnswer(state)) return { state };
+    ...quotaArgs(caller.quota, caller.id),
+    caller.maxProbeM,
+    caller.charge ? 1 : 0,
+    caller.id,
+  ]) as [Readiness | Refusal, string[], string[]];
+  if (state === "limited") return { state, retryAfter: Number(flat) };
+  if (state === "too_far" || state === "unlocated") {
+    return { state, readiness: flat as unknown as Readiness };
+  }
+  if (!canAnswer(state)) return { state, readiness: state };
   const found: { user_id: string; display_name: string; seen: number; d: number }[] = [];
   let n = 0;
   for (let i = 0; i < flat.length;) {
@@ -508,7 +557,7 @@ export async function nearby(
     distance_m: shownDistance(u.d),
     last_seen_at: seenOfMicros(u.seen),
   }));
-  return { state, users };
+  return { state, users, readiness: state };
 }
 
 export interface Status {
@@ -522,9 +571,16 @@ export interface Status {
 export async function statuses(
   r: Redis,
   ids: string[],
+  caller: { id: string; quota: Quota },
   nowMs = Date.now(),
-): Promise<{ state: Readiness; found?: Status[]; missing?: string[] }> {
-  const [state, raw] = await run(r, STATUS, ids) as [Readiness, (string | null)[]];
+): Promise<
+  { state: Readiness | "limited"; found?: Status[]; missing?: string[]; retryAfter?: number }
+> {
+  const [state, raw] = await run(r, STATUS, [...quotaArgs(caller.quota, caller.id), ...ids]) as [
+    Readiness | "limited",
+    (string | null)[],
+  ];
+  if (state === "limited") return { state, retryAfter: Number(raw) };
   if (!canAnswer(state)) return { state };
   const found: Status[] = [];
   const missing: string[] = [];

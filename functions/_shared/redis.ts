@@ -2,6 +2,7 @@
 // "degraded" signal instead of throwing, so a Redis outage never becomes a 5xx.
 import { Redis } from "ioredis";
 import { env } from "./env.ts";
+import { HttpError } from "./http.ts";
 
 let client: Redis | undefined;
 
@@ -45,13 +46,15 @@ export async function connected(r: Redis, timeoutMs = 500): Promise<boolean> {
   return r.status === "ready";
 }
 
-/** Runs a Redis operation; any failure (down, timeout) is `{ ok: false }`. */
+/** Runs a Redis operation; any failure of Redis (down, timeout) is `{ ok: false }`. An
+ * HttpError the operation raises (a refusal it decided on) is the caller's answer: rethrown. */
 export async function tryRedis<T>(op: (r: Redis) => Promise<T>): Promise<Cached<T>> {
   const r = redis();
   if (!r || !(await connected(r))) return { ok: false };
   try {
     return { ok: true, value: await op(r) };
-  } catch {
+  } catch (e) {
+    if (e instanceof HttpError) throw e;
     return { ok: false };
   }
 }

@@ -11,7 +11,9 @@ import { requireUser } from "../_shared/auth.ts";
 import { fallback, query } from "../_shared/db.ts";
 import { HttpError, json, requireMethod, serveJson } from "../_shared/http.ts";
 import { nearby, type NearbyUser, seenMinute } from "../_shared/live_index.ts";
-import { keepIndexTrue } from "../_shared/live_index_sync.ts";
+import { fill, keepIndexTrue } from "../_shared/live_index_sync.ts";
+import { env } from "../_shared/env.ts";
+import { rateLimited } from "../_shared/quota.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
 import { statementsSoFar } from "../_shared/request.ts";
@@ -106,8 +108,29 @@ export const handler = serveJson("nearby-online", async (req) => {
   };
 
   const fromIndex = await tryRedis(async (r) => {
-    const read = await nearby(r, q, caller);
-    keepIndexTrue(read.state);
+    const who = { id: caller, quota: env().quotas.nearby, maxProbeM: env().nearbyMaxProbeM };
+    let read = await nearby(r, q, { ...who, charge: true });
+    if (read.state === "unlocated") {
+      // The index does not hold the caller's cell (offline for a while): from Postgres, once.
+      await fill(r, [caller]);
+      read = await nearby(r, q, { ...who, charge: false });
+    }
+    if (read.readiness) keepIndexTrue(read.readiness);
+    if (read.state === "limited") throw rateLimited(env().quotas.nearby, read.retryAfter!);
+    if (read.state === "too_far") {
+      throw new HttpError(
+        403,
+        "probe_too_far",
+        `lat/lng must be within ${who.maxProbeM / 1000} km of your own last known location.`,
+      );
+    }
+    if (read.state === "unlocated") {
+      throw new HttpError(
+        403,
+        "location_required",
+        "Share your location (track presence with lat/lng) before asking who is nearby.",
+      );
+    }
     return read.users;
   });
   if (!fromIndex.ok) {

@@ -11,6 +11,8 @@ import { fallback, query } from "../_shared/db.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";
 import { seenMinute, statuses } from "../_shared/live_index.ts";
 import { keepIndexTrue } from "../_shared/live_index_sync.ts";
+import { env } from "../_shared/env.ts";
+import { rateLimited } from "../_shared/quota.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
 import { statementsSoFar } from "../_shared/request.ts";
@@ -65,11 +67,13 @@ async function fromDb(ids: string[]): Promise<Status[]> {
 
 export const handler = serveJson("online-status", async (req) => {
   requireMethod(req, "POST");
-  await requireUser(req);
+  const claims = await requireUser(req);
   const ids = parseIds(parseJson(await readBody(req, MAX_BODY_BYTES)));
 
   const read = await tryRedis(async (r) => {
-    const answer = await statuses(r, ids);
+    const quota = env().quotas.status;
+    const answer = await statuses(r, ids, { id: claims.sub.toLowerCase(), quota });
+    if (answer.state === "limited") throw rateLimited(quota, answer.retryAfter!);
     keepIndexTrue(answer.state);
     return answer;
   });

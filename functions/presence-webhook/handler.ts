@@ -11,7 +11,9 @@ import { query } from "../_shared/db.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";
 import { recordPresenceEvents } from "../_shared/metrics.ts";
 import type { PresenceEvent } from "../_shared/presence.ts";
-import { writer } from "../_shared/redis.ts";
+import { tryRedis, writer } from "../_shared/redis.ts";
+import { env } from "../_shared/env.ts";
+import { rateLimited, take } from "../_shared/quota.ts";
 import { authenticate, MAX_BODY_BYTES, parseEvents } from "./validation.ts";
 import { writeThrough } from "./write_through.ts";
 
@@ -58,6 +60,13 @@ async function ingest(events: PresenceEvent[]): Promise<IngestResult> {
   }
 }
 
+/** A user's own reports are rate limited (a service's batches are not): 429 beyond it. */
+async function selfReportQuota(userId: string): Promise<void> {
+  const quota = env().quotas.selfReport;
+  const wait = await tryRedis((r) => take(r, quota, userId));
+  if (wait.ok && wait.value > 0) throw rateLimited(quota, wait.value);
+}
+
 export const handler = serveJson("presence-webhook", async (req) => {
   requireMethod(req, "POST");
   writer(); // on a cold start, connects while the request is checked and stored
@@ -67,6 +76,7 @@ export const handler = serveJson("presence-webhook", async (req) => {
     const raw = await readBody(req, MAX_BODY_BYTES);
     const caller = await authenticate(req, raw);
     events = parseEvents(parseJson(raw), caller);
+    if (caller.kind === "user") await selfReportQuota(caller.userId);
     result = await ingest(events);
   } catch (e) {
     // Refused requests count their events when they could be read, else one.

@@ -24,6 +24,19 @@ function statusFor(code: string): number {
 function postgrestError(e: unknown): Response {
   const err = e as { code?: string; message?: string; hint?: string; detail?: string };
   const code = err.code ?? "XX000";
+  if (code === "PGRST") {
+    // RAISE SQLSTATE 'PGRST': message is the body, detail the status and headers (PostgREST 12).
+    try {
+      const meta = JSON.parse(err.detail ?? "{}") as {
+        status?: number;
+        headers?: Record<string, string>;
+      };
+      return new Response(err.message, {
+        status: meta.status ?? 400,
+        headers: { "content-type": "application/json", ...(meta.headers ?? {}) },
+      });
+    } catch { /* a malformed PGRST error: as any other below */ }
+  }
   return Response.json(
     { code, message: err.message, hint: err.hint ?? null, details: err.detail ?? null },
     { status: statusFor(code) },
@@ -44,14 +57,40 @@ async function claimsOf(req: Request): Promise<Record<string, unknown> | undefin
   }
 }
 
-/** Runs `query` as the request's role, with its claims, in one transaction. */
+let preRequest: { at: number; fn: Promise<string | undefined> } | undefined;
+
+/** PostgREST's db-pre-request hook: the setting pgrst.db_pre_request of its login role. */
+function preRequestHook(): Promise<string | undefined> {
+  if (!preRequest || performance.now() - preRequest.at > 10_000) {
+    preRequest = {
+      at: performance.now(),
+      fn: sql()<{ fn: string }[]>`
+        select o.option_value as fn
+        from pg_db_role_setting as s, pg_options_to_table(s.setconfig) as o
+        where s.setrole = 'authenticator'::regrole and s.setdatabase = 0
+          and o.option_name = 'pgrst.db_pre_request'`.then((rows) => rows[0]?.fn),
+    };
+  }
+  return preRequest.fn;
+}
+
+/** Runs `query` as PostgREST does: in one transaction, the request's role, claims, method and
+ * path set, the db-pre-request hook called first. */
 function asCaller<T>(
   claims: Record<string, unknown>,
+  req: Request,
   query: (tx: import("postgres").TransactionSql) => Promise<T>,
 ): Promise<T> {
   return sql().begin(async (tx) => {
+    const path = new URL(req.url).pathname.slice("/rest/v1".length);
     await tx`select set_config('role', ${String(claims.role)}, true),
-                    set_config('request.jwt.claims', ${JSON.stringify(claims)}, true)`;
+                    set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
+                    set_config('request.method', ${req.method}, true),
+                    set_config('request.path', ${path}, true)`;
+    const hook = await preRequestHook();
+    if (hook && /^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$/.test(hook)) {
+      await tx.unsafe(`select ${hook}()`);
+    }
     return await query(tx);
   }) as Promise<T>;
 }
@@ -83,6 +122,7 @@ async function select(table: string, req: Request, claims: Record<string, unknow
   }
   const rows = await asCaller(
     claims,
+    req,
     (tx) =>
       tx.unsafe(`select to_jsonb(r) as row from (select ${columns} from public.${table}) as r`),
   );
@@ -115,7 +155,7 @@ async function rpc(fn: string, req: Request, claims: Record<string, unknown>) {
   }
   const call = used.map((p) => `${p.name} := a.${p.name}`).join(", ");
   const record = used.map((p) => `${p.name} ${p.type}`).join(", ");
-  const rows = await asCaller(claims, (tx) =>
+  const rows = await asCaller(claims, req, (tx) =>
     tx.unsafe(
       used.length
         ? `select to_jsonb(r) as row

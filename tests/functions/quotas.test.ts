@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
+import { createClient } from "@supabase/supabase-js";
 import { startFunctionsServer, userJwt } from "./_helpers.ts";
 import { signBody } from "../../functions/_shared/auth.ts";
 
@@ -155,6 +156,40 @@ test("self_reports_beyond_the_quota_are_refused_and_change_nothing", async () =>
     select coalesce(b.longitude, p.longitude) as longitude
     from public.profiles as p left join public.presence_buffer as b on b.user_id = p.id where p.id = ${me.id}`;
   assert.ok(held.longitude < HOME.lng + 20 * 0.01, "the refused reports moved nothing");
+});
+
+test("supabase_rpc_calls_share_the_limits_in_the_database", async () => {
+  // Through the stack's PostgREST stand-in, which calls the db-pre-request hook as PostgREST.
+  const me = await user(null);
+  const api = Deno.env.get("SUPABASE_URL")!;
+  const supabase = createClient(api, Deno.env.get("SUPABASE_ANON_KEY")!, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    accessToken: () => Promise.resolve(me.jwt),
+  });
+  const statuses: number[] = [];
+  for (let i = 0; i < 21; i++) {
+    const { status } = await supabase.rpc("nearby_online_users", { lat: HOME.lat, lng: HOME.lng });
+    statuses.push(status);
+  }
+  assert.equal(statuses.filter((s) => s === 200).length, 20, statuses.join(","));
+  const { error, status } = await supabase.rpc("nearby_online_users", {
+    lat: HOME.lat,
+    lng: HOME.lng,
+  });
+  assert.equal(status, 429);
+  assert.equal(error?.code, "rate_limited");
+  const raw = await fetch(`${api}/rest/v1/rpc/nearby_online_users`, {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${me.jwt}`,
+      apikey: Deno.env.get("SUPABASE_ANON_KEY")!,
+      "content-type": "application/json",
+    },
+    body: JSON.stringify({ lat: HOME.lat, lng: HOME.lng }),
+  });
+  assert.equal(raw.status, 429);
+  assert.ok(Number(raw.headers.get("retry-after")) >= 1);
+  await raw.body?.cancel();
 });
 
 test("teardown", async () => {

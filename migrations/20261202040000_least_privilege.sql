@@ -14,6 +14,8 @@
 --     table (and for tables to come), anon loses the legacy view and get_online_users, and
 --     functions created in public from now on are not executable by anon or authenticated
 --     until granted (PUBLIC's implicit execute is revoked function by function, as before).
+--   * Users no longer write their own latitude/longitude: locations come through the presence
+--     pipeline, with its quotas and the grid's hysteresis.
 set local lock_timeout = '5s';
 set local statement_timeout = '5min';
 
@@ -79,6 +81,9 @@ revoke truncate, references, trigger on all tables in schema public from anon, a
 revoke insert, update, delete on public.online_profiles from anon, authenticated;
 revoke select on public.online_profiles from anon;
 revoke execute on function public.get_online_users() from public, anon;
+-- A user's location comes only through the presence pipeline (quotas, hysteresis, the live
+-- index): not by writing profiles.latitude/longitude directly.
+revoke insert (latitude, longitude), update (latitude, longitude) on public.profiles from authenticated;
 
 alter default privileges in schema public revoke truncate, references, trigger on tables from anon, authenticated;
 alter default privileges in schema public revoke execute on functions from anon, authenticated;

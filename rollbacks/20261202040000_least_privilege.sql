@@ -8,6 +8,8 @@ set local statement_timeout = '5min';
 alter default privileges in schema public grant all on functions to anon, authenticated;
 alter default privileges in schema public grant truncate, references, trigger on tables to anon, authenticated;
 
+grant insert (latitude, longitude), update (latitude, longitude) on public.profiles to authenticated;
+
 -- Regranted in the order the grants had (pg_dump prints them in that order).
 revoke all on function public.get_online_users() from public, postgres, anon, authenticated, service_role;
 grant execute on function public.get_online_users() to public, postgres, anon, authenticated, service_role;

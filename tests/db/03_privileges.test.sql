@@ -2,7 +2,7 @@
 -- executes the RPCs they call and nothing else; no client role may truncate, reference or put
 -- triggers on our tables, and anon has no legacy way in. All rolled back.
 begin;
-select plan(14);
+select plan(15);
 
 select results_eq(
   $$select p.oid::regprocedure::text from pg_proc as p where p.pronamespace = 'public'::regnamespace order by 1$$,
@@ -59,6 +59,9 @@ select is_empty(
       and (has_table_privilege(r.rolname, c.oid, 'truncate') or has_table_privilege(r.rolname, c.oid, 'references')
         or has_table_privilege(r.rolname, c.oid, 'trigger'))$$,
   'anon and authenticated cannot truncate, reference or add triggers to any table in public');
+select ok(not has_column_privilege('authenticated', 'public.profiles', 'latitude', 'update')
+  and not has_column_privilege('authenticated', 'public.profiles', 'longitude', 'insert'),
+  'users cannot write their own coordinates (only the presence pipeline places them)');
 select ok(not has_function_privilege('anon', 'public.get_online_users()', 'execute'),
   'anon cannot execute the legacy get_online_users');
 create table public.tmp_new_table (id integer);

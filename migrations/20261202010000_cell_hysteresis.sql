@@ -14,25 +14,31 @@ create function private.keeps_cell(
   held_longitude double precision
 )
 returns boolean
-language sql immutable strict parallel safe set search_path = ''
+language plpgsql immutable strict parallel safe set search_path = ''
 as $$
-  -- The cells within 100 m of the fix are those holding a corner of the 200 m square around it
-  -- or the fix itself (a cell is larger than the square on both axes).
-  select exists (
-    select
-    from (values (0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)) as c (dy, dx)
-    where extensions.st_dwithin(
-      public.snap_location(
-        pg_catalog.float8larger(-90, pg_catalog.float8smaller(90, latitude + c.dy * (100 / 111195.0))),
-        pg_catalog.float8larger(-180, pg_catalog.float8smaller(180, longitude + c.dx * (100 / 111195.0)
-          / pg_catalog.float8larger(0.01, pg_catalog.cos(pg_catalog.radians(latitude)))))),
-      public.snap_location(held_latitude, held_longitude), 1, false)
-  )
+-- Whether the fix lies within 100 m, on either axis, of the bounds of the held location's cell:
+-- the grid of public.snap_location, its row and column computed as it computes them. In
+-- arithmetic here, not through snap_location, and in plpgsql (2 us a call, against 26 us for
+-- the same as a SQL function with a SET clause): it runs for every located event of every batch.
+declare
+  r constant double precision := pg_catalog.floor((held_latitude + 90) / 0.0045);
+  n constant double precision := pg_catalog.float8larger(1, pg_catalog.floor(360
+    * pg_catalog.cos(pg_catalog.radians(pg_catalog.float8smaller(90, -90 + (r + 0.5) * 0.0045))) / 0.0045));
+  south constant double precision := -90 + r * 0.0045;
+  west constant double precision := -180
+    + pg_catalog.float8smaller(pg_catalog.floor((held_longitude + 180) * n / 360), n - 1) * 360 / n;
+  dlat constant double precision := 100 / 111195.0;
+  dlng constant double precision := dlat / pg_catalog.float8larger(0.01, pg_catalog.cos(pg_catalog.radians(latitude)));
+begin
+  return latitude between south - dlat and south + 0.0045 + dlat
+    and longitude between west - dlng and west + 360 / n + dlng;
+end
 $$;
 
 comment on function private.keeps_cell(double precision, double precision, double precision, double precision) is
   'True when the fix (latitude, longitude) lies in the privacy cell of the held location or '
-  'within 100 m of it on either axis: the cell shown does not change (grid-edge hysteresis).';
+  'within 100 m of it on either axis: the cell shown does not change (grid-edge hysteresis). '
+  'The live index applies the same rule (keptCells in functions/_shared/live_index.ts).';
 
 revoke execute on function private.keeps_cell(double precision, double precision, double precision, double precision)
   from public, anon, authenticated;

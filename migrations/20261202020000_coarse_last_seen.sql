@@ -19,27 +19,17 @@ $$;
 comment on function private.seen_minute(timestamptz) is
   'A last-seen time as users see it: truncated to the minute (UTC).';
 
-create function private.seen_for_caller(t timestamptz)
-returns timestamptz
-language sql stable parallel safe set search_path = ''
-as $$
-  select case when coalesce((select auth.role()), 'service_role') = 'service_role' then t
-              else private.seen_minute(t) end
-$$;
-
-comment on function private.seen_for_caller(timestamptz) is
-  'A last-seen time for the caller of an RPC: precise for service_role and for the database''s '
-  'own callers (no JWT), to the minute for everyone else.';
-
 revoke execute on function private.seen_minute(timestamptz) from public, anon, authenticated;
-revoke execute on function private.seen_for_caller(timestamptz) from public, anon, authenticated;
 grant execute on function private.seen_minute(timestamptz) to service_role;
-grant execute on function private.seen_for_caller(timestamptz) to service_role;
 
 create or replace function public.get_online_users_batch(user_ids uuid[])
 returns table (user_id uuid, is_online boolean, last_seen_at timestamptz)
 language plpgsql stable security definer set search_path = '' set random_page_cost = 1.1
 as $$
+declare
+  -- Precise times for service_role and the database's own callers (no JWT); to the minute
+  -- (private.seen_minute, inlined: it runs for every row) for everyone else.
+  precise constant boolean := coalesce((select auth.role()), 'service_role') = 'service_role';
 begin
   if user_ids is null or cardinality(user_ids) > 10000 then
     raise exception using
@@ -54,11 +44,14 @@ begin
     select p.id,
            case when b.user_id is not null and (p.last_seen_at is null or b.event_at > p.last_seen_at)
              then b.is_online else p.is_online end,
-           private.seen_for_caller(
-             case when b.user_id is not null and (p.last_seen_at is null or b.event_at > p.last_seen_at)
-               then b.event_at else p.last_seen_at end)
+           case when precise then s.seen
+             else pg_catalog.timezone('UTC', pg_catalog.date_trunc('minute', pg_catalog.timezone('UTC', s.seen))) end
     from public.profiles as p
     left join public.presence_buffer as b on b.user_id = p.id
+    cross join lateral (
+      select case when b.user_id is not null and (p.last_seen_at is null or b.event_at > p.last_seen_at)
+        then b.event_at else p.last_seen_at end as seen
+    ) as s
     where p.id = any (user_ids);
 end
 $$;

@@ -113,5 +113,4 @@ $$;
 
 alter publication supabase_realtime add table public.profiles (id, is_online, last_seen_at);
 
-drop function private.seen_for_caller(timestamptz);
 drop function private.seen_minute(timestamptz);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every suite, against the real local stack (started here if it is not running).
-#   test.sh all | lint | db | advisors | migrations | deno [deno test args...] | faults | fuzz
+#   test.sh all | lint | db | advisors | deploy | migrations | deno [deno test args...] | faults | fuzz
 . "$(dirname "$0")/lib.sh"
 
 failed=()
@@ -43,6 +43,16 @@ sys.exit(1 if bad or undocumented else 0)
 PY
 }
 
+# Deploys as written: every function entry point type-checks the way the hosted Edge Runtime
+# resolves it, through functions/import_map.json (npm: specifiers fetched from the registry)
+# with no node_modules at all. Its own DENO_DIR (kept in the state folder between runs).
+deploy_check() {
+  local entries=("$ROOT"/functions/[a-z]*/index.ts)
+  (cd "$ROOT" && DENO_DIR="$STATE/deno-deploy-check" "$NODE_BIN/deno" check --quiet --no-config \
+    --node-modules-dir=none --import-map functions/import_map.json "${entries[@]}") &&
+    echo "deploy check: ${#entries[@]} entry points type-check with the import map and no node_modules"
+}
+
 migration_tests() {
   (cd "$ROOT" && prove --exec bash tests/stack.sh tests/migrations.sh)
 }
@@ -61,6 +71,7 @@ case "${1:-all}" in
   lint) lint ;;
   db) "$ROOT/scripts/stack.sh" start >/dev/null && db_tests ;;
   advisors) "$ROOT/scripts/stack.sh" db >/dev/null && advisors ;;
+  deploy) deploy_check ;;
   migrations) "$ROOT/scripts/stack.sh" db >/dev/null && migration_tests ;;
   deno) shift; "$ROOT/scripts/stack.sh" start >/dev/null && deno_tests "$@" ;;
   faults) fault_tests ;;
@@ -72,6 +83,7 @@ case "${1:-all}" in
     suite pgtap db_tests
     suite migrations migration_tests
     suite advisors advisors
+    suite deploy deploy_check
     suite deno deno_tests --ignore="$SELF_CONTAINED"
     suite faults fault_tests
     suite fuzz fuzz_tests
@@ -79,5 +91,5 @@ case "${1:-all}" in
     echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
     [ ${#failed[@]} -eq 0 ] || { log "failed suites: ${failed[*]}"; exit 1; }
     ;;
-  *) die "usage: $0 all|lint|db|advisors|migrations|deno|faults|fuzz" ;;
+  *) die "usage: $0 all|lint|db|advisors|deploy|migrations|deno|faults|fuzz" ;;
 esac

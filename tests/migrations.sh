@@ -30,7 +30,7 @@ fresh_db() {
 }
 
 mapfile -t migrations < <(cd "$ROOT/migrations" && ls -1 ./*.sql | sed 's|^\./||')
-echo "1..$(( ${#migrations[@]} * 2 + 9 ))"
+echo "1..$(( ${#migrations[@]} * 2 + 11 ))"
 
 fresh_db
 dump "$WORK/base.sql"
@@ -97,6 +97,15 @@ else
     not_ok "a failing migration names itself and leaves the schema as it was"; sed 's/^/# /' "$WORK/fail.log"
   fi
 fi
+
+# The deploy path: the Supabase CLI pushes migrations/ (through supabase/migrations) to a fresh
+# database, and dbmate (make db-status) agrees that everything is applied.
+fresh_db
+check "supabase db push --db-url applies every migration to a fresh database" \
+  env DO_NOT_TRACK=1 "$NODE_BIN/supabase" db push --workdir "$ROOT" --db-url "$URL?sslmode=disable" --include-all --yes
+check "make db-status agrees: all applied, none pending" \
+  bash -c "DATABASE_URL='$URL' '$ROOT/scripts/db.sh' status | grep -q 'Applied: ${#migrations[@]}' &&
+           DATABASE_URL='$URL' '$ROOT/scripts/db.sh' status | grep -q 'Pending: 0'"
 
 # dbmate turns TLS off for the local stack only: a remote database keeps it.
 check "dbmate gets sslmode=disable for a loopback database" \

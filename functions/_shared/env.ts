@@ -92,8 +92,10 @@ export function env(): Env {
     gatewayDbUrl: optional("SLTR_GATEWAY_DB_URL") ?? optional("SLTR_DB_URL") ??
       required("SUPABASE_DB_URL"),
     dbPoolSize: Number(optional("SLTR_DB_POOL_SIZE") ?? "10"),
-    jwtSecret: required("SUPABASE_JWT_SECRET"),
-    jwtIssuer: optional("SUPABASE_JWT_ISSUER"),
+    // Hosted secrets may not start with SUPABASE_: the SLTR_ names are what `supabase secrets
+    // set` can give; the SUPABASE_ ones are the local stack's and the platform's.
+    jwtSecret: optional("SLTR_JWT_SECRET") ?? required("SUPABASE_JWT_SECRET"),
+    jwtIssuer: optional("SLTR_JWT_ISSUER") ?? optional("SUPABASE_JWT_ISSUER"),
     redisUrl: optional("REDIS_URL"),
     presenceWebhookSecrets: webhookSecrets(optional),
     sentryDsn: optional("SENTRY_DSN"),

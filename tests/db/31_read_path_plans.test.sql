@@ -79,8 +79,9 @@ insert into plans values (
   'batch',
   pg_temp.rpc_plan(
     'public.get_online_users_batch(uuid[])',
-    array['user_ids'], array['uuid[]'],
-    array[quote_literal((select array_agg(id)::text from (select id from loaded order by r1 limit 100) as s))]));
+    array['user_ids', 'precise'], array['uuid[]', 'boolean'],
+    array[quote_literal((select array_agg(id)::text from (select id from loaded order by r1 limit 100) as s)),
+      'false']));
 
 select ok((select plan from plans where name = 'nearby') ~ 'Index Scan using idx_profiles_location_is_online on profiles',
   'nearby: online profiles are searched nearest first through the partial GiST index');

@@ -74,11 +74,21 @@ Deno.test("the_server_registry_agrees_with_supabase_config_toml", async () => {
   const root = Deno.env.get("SLTR_ROOT") ?? ".";
   const toml = await Deno.readTextFile(`${root}/supabase/config.toml`);
   const configured: Record<string, boolean> = {};
-  for (
-    const m of toml.matchAll(/^\[functions\.([a-z0-9-]+)\]\s*\nverify_jwt\s*=\s*(true|false)/gm)
-  ) {
-    configured[m[1]] = m[2] === "true";
+  const sections = toml.split(/^(?=\[)/m).filter((t) => t.startsWith("[functions."));
+  for (const section of sections) {
+    const name = /^\[functions\.([a-z0-9-]+)\]/.exec(section)![1];
+    const value = (key: string) =>
+      new RegExp(`^${key}\\s*=\\s*"?([^"\\n]*)"?`, "m").exec(section)?.[1];
+    configured[name] = value("verify_jwt") === "true";
+    // What `supabase functions deploy <name>` reads: an entry point that exists, the import map.
+    assert.equal(value("entrypoint"), `../functions/${name}/index.ts`, name);
+    assert.equal(value("import_map"), "../functions/import_map.json", name);
+    await Deno.stat(`${root}/supabase/${value("entrypoint")}`);
   }
   const served = Object.fromEntries(Object.entries(functions).map(([k, v]) => [k, v.verifyJwt]));
   assert.deepEqual(served, configured);
+  // Every function folder is served and configured (the _ folders are shared code).
+  const folders = [...Deno.readDirSync(`${root}/functions`)]
+    .filter((e) => e.isDirectory && !e.name.startsWith("_")).map((e) => e.name).sort();
+  assert.deepEqual(folders, Object.keys(configured).sort());
 });

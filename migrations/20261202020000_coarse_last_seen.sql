@@ -141,7 +141,9 @@ create or replace function public.get_online_users()
 returns table (id uuid, display_name text, is_online boolean, last_seen_at timestamptz)
 language sql stable security definer set search_path = ''
 as $$
-  select p.id, p.display_name, p.is_online, private.seen_minute(p.last_seen_at)
+  -- private.seen_minute, inlined: the seed's polling read returns all profiles flagged is_online.
+  select p.id, p.display_name, p.is_online,
+         pg_catalog.timezone('UTC', pg_catalog.date_trunc('minute', pg_catalog.timezone('UTC', p.last_seen_at)))
   from public.profiles as p
   where p.is_online
 $$;

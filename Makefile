@@ -33,6 +33,9 @@ rollback: ## Roll back the latest migration (dbmate)
 db-status: ## List applied and pending migrations
 	@$(S)/db.sh status
 
+migration: ## A new migration and its rollback from the template: make migration NAME=add_something
+	@$(S)/new_migration.sh "$(NAME)"
+
 bridge: install ## Run a presence bridge in the foreground (SUPABASE_URL=https://<ref>.supabase.co for hosted)
 	@source $(S)/lib.sh && unset BRIDGE_HEALTH_PORT && export SUPABASE_URL="$${SUPABASE_URL:-$$API_URL}" SUPABASE_SERVICE_ROLE_KEY="$${SUPABASE_SERVICE_ROLE_KEY:-$$SERVICE_ROLE_KEY}" \
 	  && log "presence bridge: Realtime at $$SUPABASE_URL/realtime/v1, webhook at $${PRESENCE_WEBHOOK_URL:-$$SUPABASE_URL/functions/v1/presence-webhook} (Ctrl-C stops it)" \
@@ -47,8 +50,26 @@ psql: ## Open psql on the local database
 lint: install ## squawk on migrations/, deno lint and fmt --check
 	@$(S)/test.sh lint
 
-test: install ## Run every suite: lint, pgTAP, migrations, Deno
+test: install ## Run every suite: lint, pgTAP, migrations, advisors, deploy, Deno, faults, fuzz
 	@$(S)/test.sh all
+
+test-db: install ## The pgTAP suites (tests/db), as a DBA runs them with pg_prove
+	@$(S)/test.sh db
+
+test-migrations: install ## Up/down/up of every migration, dbmate, supabase db push
+	@$(S)/test.sh migrations
+
+test-functions: install ## The edge functions over HTTP (tests/functions)
+	@$(S)/test.sh deno tests/functions
+
+test-realtime: install ## The Realtime endpoint, the bridge and the client module (tests/realtime, tests/client)
+	@$(S)/test.sh deno tests/realtime tests/client
+
+test-faults: install ## Fault injection on a throwaway stack (tests/faults)
+	@$(S)/test.sh faults
+
+test-fuzz: install ## Malformed requests on a throwaway stack (tests/fuzz)
+	@$(S)/test.sh fuzz
 
 BENCH_ARGS ?= --users 50000 --online-ratio 0.1 --duration 120 --warmup 60
 bench: start ## Benchmark against the local stack (BENCH_ARGS="--users 1000000 ...")
@@ -67,4 +88,4 @@ try-presence: start ## Seed user 7 tracks presence; seed user 8 sees them nearby
 bench-realtime: start ## Figures of the local Realtime endpoint (BENCH_REALTIME_ARGS="--connections 10000")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/realtime.ts $(BENCH_REALTIME_ARGS)
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push try-presence demo
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz

@@ -1,5 +1,6 @@
 // Shared by the Deno suites: the running stack's URLs and keys, and JWTs made like GoTrue's.
 import { SignJWT } from "jose";
+import { signBody } from "../../functions/_shared/auth.ts";
 
 export const FUNCTIONS_URL = `${
   Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321"
@@ -73,4 +74,21 @@ export async function startFunctionsServer(
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+}
+
+/** A batch of presence events, signed as the bridge signs it, to `${base}/presence-webhook`. */
+export async function postSignedEvents(
+  events: unknown[],
+  base = FUNCTIONS_URL,
+  secret = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!,
+): Promise<Response> {
+  const body = JSON.stringify({ events });
+  return await fetch(`${base}/presence-webhook`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      "x-sltr-signature": await signBody(secret, body),
+    },
+    body,
+  });
 }

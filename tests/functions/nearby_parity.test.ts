@@ -5,13 +5,11 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
-import { signBody } from "../../functions/_shared/auth.ts";
 import { forget } from "../../functions/_shared/live_index.ts";
 import { rng } from "../../bench/lib.ts";
-import { FUNCTIONS_URL, userJwt } from "./_helpers.ts";
+import { FUNCTIONS_URL, postSignedEvents, userJwt } from "./_helpers.ts";
 
 const DB_URL = Deno.env.get("DB_URL") ?? "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
-const SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
 const CENTRE = { lat: 64.1466, lng: -21.9426 };
 const USERS = 3000;
 const QUERIES = 2000;
@@ -57,15 +55,7 @@ test("nearby_online_matches_nearby_online_users_on_thousands_of_random_queries",
           }
           : { user_id: id, status: "online", at };
       });
-      const body = JSON.stringify({ events });
-      const res = await fetch(`${FUNCTIONS_URL}/presence-webhook`, {
-        method: "POST",
-        headers: {
-          "content-type": "application/json",
-          "x-sltr-signature": await signBody(SECRET, body),
-        },
-        body,
-      });
+      const res = await postSignedEvents(events);
       assert.equal(res.status, 202, await res.text());
     }
     const callers = await Promise.all(

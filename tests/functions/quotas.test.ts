@@ -6,12 +6,10 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
 import { createClient } from "@supabase/supabase-js";
-import { startFunctionsServer, userJwt } from "./_helpers.ts";
-import { signBody } from "../../functions/_shared/auth.ts";
+import { postSignedEvents, startFunctionsServer, userJwt } from "./_helpers.ts";
 
 const DB_URL = Deno.env.get("DB_URL")!;
 const REDIS_URL = Deno.env.get("REDIS_URL")!;
-const SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
 const DOMAIN = "quotas.test";
 const PRODUCTION = {
   SLTR_QUOTA_NEARBY: "20/120",
@@ -38,17 +36,8 @@ async function user(
   await db`insert into auth.users (id, aud, role, email) values (${id}, 'authenticated', 'authenticated', ${`${id}@${DOMAIN}`})`;
   await db`insert into public.profiles (id, display_name) values (${id}, 'Quota')`;
   if (where) {
-    const body = JSON.stringify({
-      events: [{ user_id: id, status: "online", at: new Date().toISOString(), ...where }],
-    });
-    const res = await fetch(`${server.url}/presence-webhook`, {
-      method: "POST",
-      headers: {
-        "content-type": "application/json",
-        "x-sltr-signature": await signBody(SECRET, body),
-      },
-      body,
-    });
+    const event = { user_id: id, status: "online", at: new Date().toISOString(), ...where };
+    const res = await postSignedEvents([event], server.url);
     assert.equal(res.status, 202, await res.text());
   }
   return { id, jwt: await userJwt(id) };

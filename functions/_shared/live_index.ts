@@ -21,6 +21,7 @@
 // nearby_parity.test.ts compares them on thousands of queries.
 import type { Redis } from "ioredis";
 import { type Quota, quotaArgs, TAKE_LUA } from "./quota.ts";
+import { runScript } from "./redis.ts";
 
 export const PREFIX = "{live}";
 export const CELLS = `${PREFIX}:cells`;
@@ -384,23 +385,6 @@ end
 return {state, out}
 `;
 
-const shas = new Map<string, string>();
-
-async function run(r: Redis, script: string, args: (string | number)[]): Promise<unknown> {
-  let sha = shas.get(script);
-  if (!sha) {
-    const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(script));
-    sha = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-    shas.set(script, sha);
-  }
-  try {
-    return await r.evalsha(sha, 0, ...args);
-  } catch (e) {
-    if (!String((e as Error)?.message).startsWith("NOSCRIPT")) throw e;
-    return await r.eval(script, 0, ...args);
-  }
-}
-
 // ---- writes ------------------------------------------------------------------------------
 
 export interface IndexEvent {
@@ -430,7 +414,7 @@ export async function writeEvents(r: Redis, events: IndexEvent[]): Promise<strin
       kept,
     );
   }
-  return [...new Set(await run(r, WRITE, args) as string[])];
+  return [...new Set(await runScript(r, WRITE, args) as string[])];
 }
 
 export interface SnapshotRow {
@@ -461,7 +445,7 @@ export async function load(r: Redis, rows: SnapshotRow[]): Promise<void> {
         row.display_name ?? "",
       );
     }
-    await run(r, LOAD, args);
+    await runScript(r, LOAD, args);
   }
 }
 
@@ -475,12 +459,12 @@ export async function redisMicros(r: Redis): Promise<number> {
  * online and Postgres does not goes offline (unless the webhook wrote them since). Returns
  * how many. */
 export async function prune(r: Redis, takenAt: number, onlineIds: string[]): Promise<number> {
-  return await run(r, PRUNE, [takenAt, ...onlineIds]) as number;
+  return await runScript(r, PRUNE, [takenAt, ...onlineIds]) as number;
 }
 
 /** Removes users Postgres does not know. */
 export async function forget(r: Redis, userIds: string[]): Promise<void> {
-  if (userIds.length) await run(r, FORGET, userIds);
+  if (userIds.length) await runScript(r, FORGET, userIds);
 }
 
 // ---- reads -------------------------------------------------------------------------------
@@ -495,8 +479,6 @@ export interface NearbyUser {
 /** Where NEARBY's search starts: three cells across. */
 const FIRST_SEARCH_M = 1500;
 
-/** find_nearby_online_users from the index: no Postgres statement. `users` is absent when the
- * index is not built. */
 /** Why the index refused a read: the caller's quota is spent (retry after `retryAfter` s),
  * the probe is too far from the caller's own cell, or the index does not know the caller's. */
 export type Refusal = "limited" | "too_far" | "unlocated";
@@ -510,6 +492,8 @@ export interface Caller {
   charge: boolean;
 }
 
+/** find_nearby_online_users from the index: no Postgres statement. `users` is absent when the
+ * index is not built or refused the read (`state` says which). */
 export async function nearby(
   r: Redis,
   q: { lat: number; lng: number; radius_m: number; limit: number },
@@ -520,7 +504,7 @@ export async function nearby(
 > {
   const excluded = caller.id;
   const need = q.limit + 1;
-  const [state, flat, names] = await run(r, NEARBY, [
+  const [state, flat, names] = await runScript(r, NEARBY, [
     q.lng,
     q.lat,
     q.radius_m * 1.001 + 10,
@@ -576,7 +560,10 @@ export async function statuses(
 ): Promise<
   { state: Readiness | "limited"; found?: Status[]; missing?: string[]; retryAfter?: number }
 > {
-  const [state, raw] = await run(r, STATUS, [...quotaArgs(caller.quota, caller.id), ...ids]) as [
+  const [state, raw] = await runScript(r, STATUS, [
+    ...quotaArgs(caller.quota, caller.id),
+    ...ids,
+  ]) as [
     Readiness | "limited",
     (string | null)[],
   ];

@@ -7,6 +7,7 @@
 // db-pre-request hook). Redis down: not enforced (the Postgres fallback is bounded anyway).
 import type { Redis } from "ioredis";
 import { HttpError } from "./http.ts";
+import { runScript } from "./redis.ts";
 
 export interface Quota {
   /** The bucket's name: nearby, status, self_report. */
@@ -47,7 +48,7 @@ return take(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 
 /** Takes `cost` tokens in a script of its own; returns the seconds to wait (0: taken). */
 export async function take(r: Redis, q: Quota, userId: string, cost = 1): Promise<number> {
-  return Number(await r.eval(TAKE, 0, ...quotaArgs(q, userId), cost));
+  return Number(await runScript(r, TAKE, [...quotaArgs(q, userId), cost]));
 }
 
 /** The refusal: 429 rate_limited with Retry-After. */

@@ -109,3 +109,25 @@ export async function tryWrite(
     return false;
   }
 }
+
+const shas = new Map<string, string>();
+
+/** A Lua script by its SHA (loaded on first use, or after Redis lost it): one round trip. */
+export async function runScript(
+  r: Redis,
+  script: string,
+  args: (string | number)[],
+): Promise<unknown> {
+  let sha = shas.get(script);
+  if (!sha) {
+    const digest = await crypto.subtle.digest("SHA-1", new TextEncoder().encode(script));
+    sha = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+    shas.set(script, sha);
+  }
+  try {
+    return await r.evalsha(sha, 0, ...args);
+  } catch (e) {
+    if (!String((e as Error)?.message).startsWith("NOSCRIPT")) throw e;
+    return await r.eval(script, 0, ...args);
+  }
+}

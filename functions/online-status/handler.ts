@@ -69,9 +69,17 @@ export const handler = serveJson("online-status", async (req) => {
   requireMethod(req, "POST");
   const claims = await requireUser(req);
   const ids = parseIds(parseJson(await readBody(req, MAX_BODY_BYTES)));
+  const quota = env().quotas.status;
+  if (ids.length > quota.capacity) {
+    // More than the bucket can ever hold: a 429 would promise a retry that never succeeds.
+    throw new HttpError(
+      400,
+      "too_many_ids",
+      `user_ids must hold at most ${quota.capacity} ids a call under this project's quota`,
+    );
+  }
 
   const read = await tryRedis(async (r) => {
-    const quota = env().quotas.status;
     const answer = await statuses(r, ids, { id: claims.sub.toLowerCase(), quota });
     if (answer.state === "limited") throw rateLimited(quota, answer.retryAfter!);
     keepIndexTrue(answer.state);

@@ -118,6 +118,15 @@ test("polling_thousands_of_ids_runs_out_of_the_id_budget", async () => {
     } else await res.body?.cancel();
   }
   assert.deepEqual(statuses, [200, 200, 429], "2,000 ids a minute");
+  // More ids in one call than the bucket ever holds: a 400, not a 429 whose retry never works.
+  const other = await user(HOME);
+  const tooMany = await fetch(`${server.url}/online-status`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${other.jwt}`, "content-type": "application/json" },
+    body: JSON.stringify({ user_ids: Array.from({ length: 2001 }, () => crypto.randomUUID()) }),
+  });
+  assert.equal(tooMany.status, 400);
+  assert.equal((await tooMany.json()).error.code, "too_many_ids");
 });
 
 test("self_reports_beyond_the_quota_are_refused_and_change_nothing", async () => {

@@ -7,6 +7,7 @@ STATE="${SLTR_STATE_DIR:-$ROOT/.state}"
 RUN_DIR="$STATE/run"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PGDATA_DIR="$STATE/pg"
+REPLICA_DIR="$STATE/pg-replica"
 NODE_BIN="$ROOT/node_modules/.bin"
 
 # Local defaults (committed, local-only); a variable already in the environment wins.
@@ -19,10 +20,13 @@ DB_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/postgres
 POOLER_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres"
 # What the edge functions connect as: their own role, through the pooler.
 FUNCTIONS_POOLER_URL="postgresql://sltr_functions:${FUNCTIONS_DB_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres"
+REPLICA_DB_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${REPLICA_PORT}/postgres"
+REPLICA_POOLER_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres_replica"
+FUNCTIONS_REPLICA_POOLER_URL="postgresql://sltr_functions:${FUNCTIONS_DB_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres_replica"
 REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
 API_URL="http://127.0.0.1:${FUNCTIONS_PORT}"
 FUNCTIONS_URL="$API_URL/functions/v1"
-export DB_URL POOLER_URL FUNCTIONS_POOLER_URL REDIS_URL API_URL FUNCTIONS_URL DO_NOT_TRACK=1
+export DB_URL POOLER_URL FUNCTIONS_POOLER_URL REPLICA_DB_URL REPLICA_POOLER_URL FUNCTIONS_REPLICA_POOLER_URL REDIS_URL API_URL FUNCTIONS_URL DO_NOT_TRACK=1
 
 log() { printf '\033[1m[sltr]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[sltr] error:\033[0m %s\n' "$*" >&2; exit 1; }

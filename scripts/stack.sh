@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The local stack: Postgres 15 (54322), PgBouncer (54329), Redis (54379), the edge functions
+# The local stack: Postgres 15 (54322) and its streaming read replica (54323), PgBouncer (54329),
+# Redis (54379), the edge functions
 # and the local Realtime endpoint (54321), and the presence bridge (health on 54340), all on
 # loopback, all state in .state/.
 #   stack.sh start       start what is not running, bootstrap, migrate, seed; returns when ready
@@ -8,6 +9,7 @@
 #   stack.sh functions   serve the functions and Realtime in the foreground (make dev)
 #   stack.sh bridge      start the presence bridge in the background
 #   stack.sh demo        start the demo driver in the background
+#   stack.sh replica-stop / replica-start   stop or start the read replica alone (fault drills)
 . "$(dirname "$0")/lib.sh"
 
 LOG_DIR="$STATE/log"
@@ -62,12 +64,76 @@ start_postgres() {
     || die "Postgres did not start; see $LOG_DIR/postgres.log"
 }
 
+# A physical streaming replica of the local Postgres (docs/replica.md): pg_basebackup with a
+# replication slot, hot standby on its own port. Made again when the primary was (a new
+# cluster has another system identifier, and the old copy could never follow it).
+
+init_replica() {
+  local primary_id
+  primary_id=$(as_db "$PG_BIN/pg_controldata" -D "$PGDATA_DIR" | awk -F': *' '/system identifier/ {print $2}')
+  if [ -f "$REPLICA_DIR/PG_VERSION" ]; then
+    [ "$(cat "$REPLICA_DIR/sltr_primary_id" 2>/dev/null)" = "$primary_id" ] && return 0
+    log "the replica in $REPLICA_DIR follows another cluster: making it again"
+    as_db "$PG_BIN/pg_ctl" -D "$REPLICA_DIR" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$REPLICA_DIR"
+  fi
+  log "making the read replica in $REPLICA_DIR (pg_basebackup)"
+  mkdir -p "$REPLICA_DIR"
+  chmod 700 "$REPLICA_DIR"
+  is_root && chown postgres:postgres "$REPLICA_DIR"
+  # The slot keeps the WAL the replica has not received yet (bounded by max_slot_wal_keep_size).
+  psql_db -d postgres -c "select pg_create_physical_replication_slot('sltr_replica')
+    where not exists (select from pg_replication_slots where slot_name = 'sltr_replica')" >/dev/null
+  as_db env PGPASSWORD="$POSTGRES_PASSWORD" "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+    -D "$REPLICA_DIR" -R -X stream -S sltr_replica -c fast >"$RUN_DIR/basebackup.log" 2>&1 \
+    || die "pg_basebackup failed; see $RUN_DIR/basebackup.log"
+  cat >>"$REPLICA_DIR/postgresql.conf" <<CONF
+
+# --- SLTR local read replica (overrides the primary's settings above) ---
+port = $REPLICA_PORT
+hot_standby = on
+# Queries here hold back the primary's vacuum rather than being cancelled by it.
+hot_standby_feedback = on
+max_standby_streaming_delay = 5s
+CONF
+  echo "$primary_id" | as_db tee "$REPLICA_DIR/sltr_primary_id" >/dev/null
+}
+
+replica_running() { as_db "$PG_BIN/pg_ctl" -D "$REPLICA_DIR" status >/dev/null 2>&1; }
+
+start_replica() {
+  # Bounded WAL retention for the slot: a replica stopped for long is made again, never a
+  # primary whose disk fills up.
+  psql_db -d postgres -c "alter system set max_slot_wal_keep_size = '1GB'" -c "select pg_reload_conf()" >/dev/null
+  init_replica
+  replica_running && return 0
+  require_free_port "$REPLICA_PORT" "read replica" REPLICA_PORT
+  log "starting the read replica on 127.0.0.1:$REPLICA_PORT (streaming from $PG_PORT)"
+  as_db "$PG_BIN/pg_ctl" -D "$REPLICA_DIR" -l "$LOG_DIR/replica.log" -w -t 60 start >/dev/null \
+    || die "the read replica did not start; see $LOG_DIR/replica.log"
+  wait_for "the read replica's stream" 150 psql_replica_streaming
+}
+
+psql_replica_streaming() {
+  [ "$(PGPASSWORD="$POSTGRES_PASSWORD" psql -X -At -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -d postgres \
+    -c "select status from pg_stat_wal_receiver")" = streaming ]
+}
+
+stop_replica() {
+  if [ -f "$REPLICA_DIR/PG_VERSION" ] && replica_running; then
+    log "stopping the read replica"
+    as_db "$PG_BIN/pg_ctl" -D "$REPLICA_DIR" -m fast -w stop >/dev/null
+  fi
+}
+
 start_pgbouncer() {
   pid_alive "$RUN_DIR/pgbouncer.pid" && return 0
   require_free_port "$PGBOUNCER_PORT" PgBouncer PGBOUNCER_PORT
   cat >"$RUN_DIR/pgbouncer.ini" <<INI
 [databases]
 postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+; The read replica's own pool (REPLICA_POOLER_URL), capped like the primary's.
+postgres_replica = host=127.0.0.1 port=$REPLICA_PORT dbname=postgres
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -86,6 +152,9 @@ default_pool_size = $POOL_MAX_SERVER_CONNECTIONS
 max_client_conn = 10000
 server_idle_timeout = 60
 query_wait_timeout = 120
+; After a failed server login, new clients are refused for this long: short, so that a
+; restarted Postgres or replica serves again within seconds.
+server_login_retry = 2
 ignore_startup_parameters = extra_float_digits,search_path
 INI
   printf '"postgres" "%s"\n"sltr_functions" "%s"\n' "$POSTGRES_PASSWORD" "$FUNCTIONS_DB_PASSWORD" \
@@ -131,6 +200,8 @@ bootstrap_db() {
 functions_env() {
   export SUPABASE_URL="$API_URL" SUPABASE_ANON_KEY="$ANON_KEY" SUPABASE_SERVICE_ROLE_KEY="$SERVICE_ROLE_KEY"
   export SUPABASE_DB_URL="$FUNCTIONS_POOLER_URL" SUPABASE_JWT_SECRET="$JWT_SECRET" REDIS_URL PRESENCE_WEBHOOK_SECRET
+  # Reads that may lag by a second go to the replica's pool (db.ts, docs/replica.md).
+  export SLTR_DB_REPLICA_URL="$FUNCTIONS_REPLICA_POOLER_URL"
   # The local stand-ins for platform services (Realtime's authorization, the PostgREST gateway,
   # the demo) connect as the platform does, not as the functions' role.
   export REALTIME_DB_URL="$POOLER_URL" SLTR_GATEWAY_DB_URL="$POOLER_URL"
@@ -197,6 +268,7 @@ case "${1:-}" in
     prepare_dirs
     init_postgres
     start_postgres
+    start_replica
     start_pgbouncer
     start_redis
     bootstrap_db
@@ -236,6 +308,7 @@ case "${1:-}" in
     stop_one functions "$RUN_DIR/functions.pid"
     stop_one Redis "$RUN_DIR/redis.pid"
     stop_one PgBouncer "$RUN_DIR/pgbouncer.pid"
+    stop_replica
     if [ -f "$PGDATA_DIR/PG_VERSION" ] && as_db "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
       log "stopping Postgres"
       as_db "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null
@@ -248,6 +321,8 @@ FUNCTIONS_URL=$FUNCTIONS_URL
 REALTIME_URL=${API_URL/http/ws}/realtime/v1
 DB_URL=$DB_URL
 POOLER_URL=$POOLER_URL
+REPLICA_DB_URL=$REPLICA_DB_URL
+REPLICA_POOLER_URL=$REPLICA_POOLER_URL
 REDIS_URL=$REDIS_URL
 JWT_SECRET=$JWT_SECRET
 ANON_KEY=$ANON_KEY
@@ -256,6 +331,7 @@ PRESENCE_WEBHOOK_SECRET=$PRESENCE_WEBHOOK_SECRET
 ENV
     running() { if "$@" >/dev/null 2>&1; then echo running; else echo stopped; fi; }
     echo "POSTGRES_STATUS=$(running port_open "$PG_PORT")"
+    echo "REPLICA_STATUS=$(running psql_replica_streaming)"
     echo "PGBOUNCER_STATUS=$(running port_open "$PGBOUNCER_PORT")"
     echo "REDIS_STATUS=$(running port_open "$REDIS_PORT")"
     echo "FUNCTIONS_STATUS=$(running curl -fsS "$FUNCTIONS_URL/health")"
@@ -263,5 +339,11 @@ ENV
     echo "DEMO_STATUS=$(running pid_alive "$RUN_DIR/demo.pid")"
     echo "DEMO_URL=$API_URL/demo/"
     ;;
-  *) die "usage: $0 start|stop|status|functions|bridge|demo|restart-functions" ;;
+  replica-stop)
+    stop_replica
+    ;;
+  replica-start)
+    start_replica
+    ;;
+  *) die "usage: $0 start|stop|status|functions|bridge|demo|restart-functions|replica-stop|replica-start" ;;
 esac

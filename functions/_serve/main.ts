@@ -12,10 +12,14 @@ import { RealtimeServer } from "../../realtime/server.ts";
 import { demoEnabled, handleDemo } from "./demo.ts";
 import { handlePostgrest } from "./postgrest.ts";
 import { functions } from "./registry.ts";
+import { startReplicaMonitor } from "../_shared/replica.ts";
 
 // Settings checked before serving anything: a short webhook secret or a missing one it needs
 // stops the server here, with the reason, instead of failing requests.
 env();
+
+// The read replica's lag is measured from the start, so that /metrics shows it before any read.
+startReplicaMonitor();
 
 const port = Number(Deno.env.get("FUNCTIONS_PORT") ?? "54321");
 

@@ -1,4 +1,5 @@
-// One small postgres.js pool per process, through the transaction-mode pooler.
+// One small postgres.js pool per process, through the transaction-mode pooler (the read
+// replica's pool and routing: replica.ts).
 import postgres from "postgres";
 import { env } from "./env.ts";
 import { HttpError } from "./http.ts";
@@ -7,19 +8,25 @@ import { countStatement } from "./request.ts";
 
 export type Sql = postgres.Sql;
 
-let pool: Sql | undefined;
-
-export function sql(): Sql {
+/** A pool through a transaction-mode pooler: PgBouncer / Supavisor cannot keep prepared
+ * statements. */
+export function connect(url: string, application: string, max: number): Sql {
   guardConnectionErrors();
-  pool ??= postgres(env().dbUrl, {
-    // PgBouncer / Supavisor in transaction mode cannot keep prepared statements.
+  return postgres(url, {
     prepare: false,
-    max: env().dbPoolSize,
+    max,
     idle_timeout: 30,
     connect_timeout: 3,
-    connection: { application_name: "sltr-functions" },
+    connection: { application_name: application },
     onnotice: () => {},
   });
+}
+
+let pool: Sql | undefined;
+
+/** The primary, as the functions' role. */
+export function sql(): Sql {
+  pool ??= connect(env().dbUrl, "sltr-functions", env().dbPoolSize);
   return pool;
 }
 
@@ -28,14 +35,7 @@ let gatewayPool: Sql | undefined;
 /** The local stand-ins' pool (functions/_serve: the PostgREST gateway, the demo), on a role
  * that may switch to anon, authenticated or service_role as PostgREST's authenticator does. */
 export function gatewaySql(): Sql {
-  gatewayPool ??= postgres(env().gatewayDbUrl, {
-    prepare: false,
-    max: 4,
-    idle_timeout: 30,
-    connect_timeout: 3,
-    connection: { application_name: "sltr-gateway" },
-    onnotice: () => {},
-  });
+  gatewayPool ??= connect(env().gatewayDbUrl, "sltr-gateway", 4);
   return gatewayPool;
 }
 
@@ -107,6 +107,29 @@ export async function query<T>(
   label = "query",
   deadlineMs = env().dbQueryTimeoutMs,
 ): Promise<T> {
+  try {
+    return await timed(sql(), run, label, deadlineMs);
+  } catch (e) {
+    throw asHttpError(e);
+  }
+}
+
+/** Unavailability as the 503 + Retry-After every caller answers; anything else as it was. */
+export function asHttpError(e: unknown): unknown {
+  if (!isUnavailable(e)) return e;
+  return new HttpError(503, "database_unavailable", "The database is unreachable; retry shortly.", {
+    "retry-after": "2",
+  });
+}
+
+/** One call on `pool` within `deadlineMs`, timed under `label`; errors as they came (a
+ * deadline is QUERY_DEADLINE, which isUnavailable() counts). */
+export async function timed<T>(
+  pool: Sql,
+  run: (sql: Sql) => Promise<T>,
+  label: string,
+  deadlineMs: number,
+): Promise<T> {
   const started = performance.now();
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<never>((_, reject) => {
@@ -118,28 +141,17 @@ export async function query<T>(
   });
   countStatement();
   try {
-    const work = run(sql());
+    const work = run(pool);
     work.catch(() => {}); // a failure after the deadline has nobody left to tell
     const result = await Promise.race([work, deadline]);
     observeQuery(label, "ok", (performance.now() - started) / 1000);
     return result;
   } catch (e) {
-    const unavailable = isUnavailable(e);
     observeQuery(
       label,
-      unavailable ? "unavailable" : "error",
+      isUnavailable(e) ? "unavailable" : "error",
       (performance.now() - started) / 1000,
     );
-    if (unavailable) {
-      throw new HttpError(
-        503,
-        "database_unavailable",
-        "The database is unreachable; retry shortly.",
-        {
-          "retry-after": "2",
-        },
-      );
-    }
     throw e;
   } finally {
     clearTimeout(timer);

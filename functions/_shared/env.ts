@@ -43,6 +43,18 @@ export interface Env {
   /** The local stand-ins' connection (the PostgREST gateway and the demo in functions/_serve,
    * never deployed), which switch roles as PostgREST does: SLTR_GATEWAY_DB_URL, else dbUrl. */
   gatewayDbUrl: string;
+  /** A read replica through its own pool (SLTR_DB_REPLICA_URL, else SUPABASE_DB_REPLICA_URL; a
+   * hosted read replica has a connection string of its own): reads that may lag go there
+   * (replica.ts). Unset: every read goes to the primary. */
+  replicaDbUrl: string | undefined;
+  /** The replica serves reads only while it is at most this far behind
+   * (SLTR_REPLICA_MAX_LAG_MS, default 500): a status change must reach readers within 1 s. */
+  replicaMaxLagMs: number;
+  /** How often each process measures the replica's lag (SLTR_REPLICA_CHECK_MS, default 1000),
+   * and how long a read waits for it before asking the primary (SLTR_REPLICA_TIMEOUT_MS,
+   * default 1000). */
+  replicaCheckMs: number;
+  replicaTimeoutMs: number;
   /** Connections this process keeps open to the pooler. */
   dbPoolSize: number;
   jwtSecret: string;
@@ -91,6 +103,10 @@ export function env(): Env {
     dbUrl: optional("SLTR_DB_URL") ?? required("SUPABASE_DB_URL"),
     gatewayDbUrl: optional("SLTR_GATEWAY_DB_URL") ?? optional("SLTR_DB_URL") ??
       required("SUPABASE_DB_URL"),
+    replicaDbUrl: optional("SLTR_DB_REPLICA_URL") ?? optional("SUPABASE_DB_REPLICA_URL"),
+    replicaMaxLagMs: Number(optional("SLTR_REPLICA_MAX_LAG_MS") ?? "500"),
+    replicaCheckMs: Number(optional("SLTR_REPLICA_CHECK_MS") ?? "1000"),
+    replicaTimeoutMs: Number(optional("SLTR_REPLICA_TIMEOUT_MS") ?? "1000"),
     dbPoolSize: Number(optional("SLTR_DB_POOL_SIZE") ?? "10"),
     // Hosted secrets may not start with SUPABASE_: the SLTR_ names are what `supabase secrets
     // set` can give; the SUPABASE_ ones are the local stack's and the platform's.

@@ -6,6 +6,7 @@
 // database load is their own (sltr_live_index_*).
 import type { Redis } from "ioredis";
 import { query } from "./db.ts";
+import { freshReadQuery } from "./replica.ts";
 import {
   BUILT,
   forget,
@@ -30,12 +31,15 @@ const CHUNK_ROWS = 5000;
 const SYNC_DEADLINE_MS = 110_000;
 
 /** A whole snapshot into the index, chunk by chunk; returns how many rows and who was online.
- * Two statements, not one with an argument, so pg_stat_statements tells them apart. */
+ * Two statements, not one with an argument, so pg_stat_statements tells them apart. On the
+ * read replica once it has caught up with this moment (freshReadQuery), so that the snapshot
+ * holds every write that happened before `takenAt`, as PRUNE assumes; a replica failing
+ * half-way leaves the rest to the primary, from the start (LOAD never undoes a newer write). */
 async function stream(kind: "rebuild" | "reconcile", r: Redis) {
-  let rows = 0;
-  const online: string[] = [];
-  await query(
+  return await freshReadQuery(
     async (sql) => {
+      let rows = 0;
+      const online: string[] = [];
       const q = kind === "rebuild"
         ? sql<
           SnapshotRow[]
@@ -50,11 +54,11 @@ async function stream(kind: "rebuild" | "reconcile", r: Redis) {
         rows += chunk.length;
         for (const row of chunk) if (row.is_online) online.push(row.user_id);
       }
+      return { rows, online };
     },
     `live_index_${kind}`,
     SYNC_DEADLINE_MS,
   );
-  return { rows, online };
 }
 
 /** Starts the upkeep a read was given (see Readiness): the rebuild or the reconciliation. */
@@ -105,7 +109,8 @@ export async function reconcile(r: Redis): Promise<void> {
 }
 
 /** Names and cells the index lacks for some users (the webhook asks after its writes); ids
- * Postgres does not know (events for unknown users, which ingest_presence ignored) go. */
+ * Postgres does not know (events for unknown users, which ingest_presence ignored) go. On the
+ * primary: it reads the webhook's own write, which the replica may not have yet. */
 export async function fill(r: Redis, userIds: string[]): Promise<void> {
   if (!userIds.length) return;
   const rows = await query(

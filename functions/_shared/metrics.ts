@@ -159,6 +159,51 @@ export function recordPresenceEvents(outcome: PresenceOutcome, n = 1): void {
   if (n > 0) presenceEvents.labels(outcome).inc(n);
 }
 
+/** Where a read that may lag went (replica.ts): the replica, or the primary and why. */
+export type ReadRoute =
+  | "replica"
+  | "primary_no_replica"
+  | "primary_replica_down"
+  | "primary_replica_lagging"
+  | "primary_failover"
+  | "primary_not_caught_up";
+
+export const dbReads = new Counter({
+  name: "sltr_db_reads_total",
+  help: "Reads that may be served by the read replica, by where they went: replica, or " +
+    "primary_<why> (no_replica, replica_down, replica_lagging, failover = the replica failed " +
+    "this read, not_caught_up = a snapshot the replica had not replayed yet).",
+  labelNames: ["route"] as const,
+  registers: [registry],
+});
+
+export function recordRead(route: ReadRoute): void {
+  dbReads.labels(route).inc();
+}
+
+/** The replica's health as this process last measured it (replica.ts), read at scrape time. */
+export function registerReplicaGauges(health: () => { up: boolean; lagSeconds: number }): void {
+  new Gauge({
+    name: "sltr_db_replica_up",
+    help: "1 while the read replica answers this process's lag checks.",
+    registers: [registry],
+    collect() {
+      this.set(health().up ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: "sltr_db_replica_lag_seconds",
+    help: "How far the read replica is behind the primary at the last check that answered: " +
+      "0 while it has replayed all it received, else the age of the last transaction it " +
+      "replayed. Reads leave it beyond SLTR_REPLICA_MAX_LAG_MS.",
+    registers: [registry],
+    collect() {
+      const lag = health().lagSeconds;
+      if (Number.isFinite(lag)) this.set(lag);
+    },
+  });
+}
+
 /** A read refused by fallback(): Postgres already had enough of them. */
 export function recordFallbackRefused(fn: string): void {
   fallbacksRefused.labels(fn).inc();

@@ -1,9 +1,11 @@
-// Liveness and dependencies: 200 when Postgres answers, Redis reported but optional. Anyone
+// Liveness and dependencies: 200 when Postgres answers, Redis and the read replica reported
+// but optional (reads leave a replica that is down: replica.ts). Anyone
 // may call it (no JWT), so the answer is the last check's for up to CHECK_MS: however often it
 // is called, it costs the database at most one `select 1` per process every CHECK_MS.
 import { query } from "../_shared/db.ts";
 import { json, requireMethod, serveJson } from "../_shared/http.ts";
 import { tryRedis } from "../_shared/redis.ts";
+import { replicaHealth } from "../_shared/replica.ts";
 
 const CHECK_MS = 2000;
 
@@ -27,10 +29,13 @@ function check(): Promise<Check> {
 export const handler = serveJson("health", async (req) => {
   requireMethod(req, "GET");
   const { database, redis } = await check();
+  const replica = replicaHealth();
   const body = {
     status: database ? "ok" : "unavailable",
     database,
     redis,
+    // null: no replica configured; else whether it serves reads and how far behind it is.
+    replica: replica ? { up: replica.up, lag_seconds: replica.lagSeconds } : null,
     degraded: !redis,
   };
   return json(body, database ? 200 : 503, database ? {} : { "retry-after": "2" });

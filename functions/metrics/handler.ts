@@ -12,6 +12,7 @@ import { query } from "../_shared/db.ts";
 import { corsHeaders, HttpError, requireMethod, serveJson } from "../_shared/http.ts";
 import { registry, startProcessMetrics } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
+import { startReplicaMonitor } from "../_shared/replica.ts";
 
 /** monitoring.metrics_snapshot() as postgres.js parses it. */
 export interface Snapshot {
@@ -227,6 +228,7 @@ export const handler = serveJson("metrics", async (req) => {
   requireMethod(req, "GET");
   await requireServiceRole(req);
   startProcessMetrics();
+  startReplicaMonitor();
   const [snapshot, redisUp] = await Promise.all([
     query(
       (sql) => sql<{ s: Snapshot }[]>`select monitoring.metrics_snapshot() as s`,

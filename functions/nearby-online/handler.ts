@@ -8,7 +8,8 @@
 // Postgres down: 503 + Retry-After (unless the index can answer).
 import { z } from "zod";
 import { requireUser } from "../_shared/auth.ts";
-import { fallback, query } from "../_shared/db.ts";
+import { fallback } from "../_shared/db.ts";
+import { readQuery } from "../_shared/replica.ts";
 import { HttpError, json, requireMethod, serveJson } from "../_shared/http.ts";
 import { nearby, type NearbyUser, seenMinute } from "../_shared/live_index.ts";
 import { fill, keepIndexTrue } from "../_shared/live_index_sync.ts";
@@ -74,7 +75,7 @@ interface Row {
 
 async function fromDb(q: NearbyQuery, excluded: string | null): Promise<NearbyUser[]> {
   try {
-    const rows = await query(
+    const rows = await readQuery(
       (sql) =>
         sql<Row[]>`
           select user_id, display_name, distance_m, last_seen_at

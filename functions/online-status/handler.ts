@@ -7,7 +7,8 @@
 // "cached": no database statement. Redis down: from the RPC, "degraded": true.
 import { z } from "zod";
 import { requireUser } from "../_shared/auth.ts";
-import { fallback, query } from "../_shared/db.ts";
+import { fallback } from "../_shared/db.ts";
+import { readQuery } from "../_shared/replica.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";
 import { seenMinute, statuses } from "../_shared/live_index.ts";
 import { keepIndexTrue } from "../_shared/live_index_sync.ts";
@@ -52,7 +53,7 @@ export function parseIds(body: unknown): string[] {
 }
 
 async function fromDb(ids: string[]): Promise<Status[]> {
-  const rows = await query(
+  const rows = await readQuery(
     (sql) =>
       sql<{ user_id: string; is_online: boolean; last_seen_at: Date | null }[]>`
         select user_id, is_online, last_seen_at from public.get_online_users_batch(${ids}::uuid[])`,

@@ -21,6 +21,9 @@
 //                           do not need Redis (Redis stopped: they still arrive); with
 //                           Postgres stopped they pause (the webhook answers 503) and resume
 //                           once it is back (the replication stream is recreated).
+//   replica_stopped         the read replica stopped and started under a stream of reads
+//                           that need Postgres (Redis stopped): no 5xx, reads move to the
+//                           primary within seconds and come back to the replica after.
 //   cron_flush_failure      flush_presence() failing on a lock held on profiles: nothing is
 //                           lost, the alerts fire, the next flush catches up. pg_cron runs at
 //                           most once a minute, so the test does not wait for it: it calls
@@ -398,6 +401,107 @@ async function postgresRestart(stack: Stack, users: User[]): Promise<void> {
   );
 }
 
+/** Reads by route (sltr_db_reads_total) in one scrape. */
+async function readRoutes(stack: Stack): Promise<Record<string, number>> {
+  const text = await scrape(stack);
+  const routes: Record<string, number> = {};
+  for (const m of text.matchAll(/^sltr_db_reads_total\{route="([a-z_]+)"\} (\d+)$/gm)) {
+    routes[m[1]] = Number(m[2]);
+  }
+  return routes;
+}
+
+const primaryReads = (r: Record<string, number>) =>
+  Object.entries(r).filter(([k]) => k.startsWith("primary")).reduce((n, [, v]) => n + v, 0);
+
+/** Polls until `ok` holds (every 100 ms, up to `ms`); returns how long it took. */
+async function until(ms: number, what: string, ok: () => Promise<boolean>): Promise<number> {
+  const started = performance.now();
+  while (!(await ok())) {
+    if (performance.now() - started > ms) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(100);
+  }
+  return performance.now() - started;
+}
+
+async function replicaStopped(stack: Stack, users: User[]): Promise<void> {
+  const viewer = await userJwt(users[0].id);
+  const ids = users.map((u) => u.id);
+  // Redis away, so that every read is answered by Postgres: the replica when it can.
+  await new Deno.Command("redis-cli", {
+    args: ["-p", String(stack.redisPort), "shutdown", "nosave"],
+    stdout: "null",
+    stderr: "null",
+  }).output();
+  const answers: Answer[] = [];
+  let stop = false;
+  const worker = async () => {
+    while (!stop) {
+      answers.push(
+        ...await Promise.all([
+          call(stack, "nearby-online?lat=52.52&lng=13.405&radius_m=20000&limit=20", {
+            headers: { authorization: `Bearer ${viewer}` },
+          }),
+          call(stack, "online-status", {
+            method: "POST",
+            headers: { authorization: `Bearer ${viewer}`, "content-type": "application/json" },
+            body: JSON.stringify({ user_ids: ids }),
+          }),
+        ]),
+      );
+      await sleep(20);
+    }
+  };
+  const workers = [worker(), worker()];
+  try {
+    const before = await readRoutes(stack);
+    await until(
+      10_000,
+      "reads served by the replica",
+      async () => ((await readRoutes(stack)).replica ?? 0) > (before.replica ?? 0) + 10,
+    );
+
+    await stackSh(stack, "replica-stop");
+    const stopped = await readRoutes(stack);
+    const fellBack = await until(
+      10_000,
+      "reads on the primary after the replica stopped",
+      async () => primaryReads(await readRoutes(stack)) > primaryReads(stopped) + 10,
+    );
+    // Now every read is the primary's: the replica's count stands still.
+    const onPrimary = await readRoutes(stack);
+    await sleep(1000);
+    assert.equal((await readRoutes(stack)).replica ?? 0, onPrimary.replica ?? 0);
+
+    await stackSh(stack, "replica-start");
+    const restarted = await readRoutes(stack);
+    const returned = await until(
+      20_000,
+      "reads back on the replica",
+      async () => ((await readRoutes(stack)).replica ?? 0) > (restarted.replica ?? 0) + 10,
+    );
+    stop = true;
+    await Promise.all(workers);
+
+    const failed = answers.filter((a) => a.status !== 200);
+    assert.deepEqual(
+      failed.map((a) => `${a.fn} ${a.status} ${a.error ?? JSON.stringify(a.body)}`),
+      [],
+      "every read answered 200 while the replica went away and came back",
+    );
+    const slowest = Math.max(...answers.map((a) => a.ms));
+    console.log(
+      `replica: ${answers.length} reads, all 200 (slowest ${Math.round(slowest)} ms); on the ` +
+        `primary ${Math.round(fellBack)} ms after the replica stopped, back on the replica ` +
+        `${Math.round(returned)} ms after it started`,
+    );
+  } finally {
+    stop = true;
+    await Promise.all(workers);
+    await stackSh(stack, "start"); // Redis (and anything else) back
+  }
+}
+
 async function poolExhausted(stack: Stack, users: User[]): Promise<void> {
   const sampler = direct(stack);
   const load = postgres(stack.poolerUrl, {
@@ -693,6 +797,10 @@ Deno.test({
         [
           "pushes_survive_redis_down_pause_with_postgres_down_and_resume",
           () => pushesThroughOutages(stack, users.slice(270, 272)),
+        ],
+        [
+          "replica_stopped_reads_fall_back_to_the_primary_without_5xx_and_return",
+          () => replicaStopped(stack, users.slice(0, 20)),
         ],
         [
           "cron_flush_failing_alerts_and_the_next_run_catches_up",

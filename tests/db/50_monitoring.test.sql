@@ -6,7 +6,7 @@
 -- one snapshot keeps before/after counts exact.
 begin;
 set transaction isolation level repeatable read;
-select plan(42);
+select plan(47);
 
 -- Shape and privileges.
 select has_schema('monitoring');
@@ -15,8 +15,9 @@ select views_are('monitoring',
   array['activity', 'connections', 'cron_jobs', 'presence_pipeline', 'query_stats', 'slow_queries'],
   'monitoring has the pg_stat_statements, pg_stat_activity, pg_cron and presence views');
 select functions_are('monitoring',
-  array['check_alerts', 'cron_job_status', 'flush_interval_seconds', 'metrics_snapshot',
-        'presence_pipeline_status', 'session_activity', 'setting', 'statement_stats', 'users_online'],
+  array['check_alerts', 'check_core_alerts', 'cron_job_status', 'flush_interval_seconds',
+        'metrics_snapshot', 'presence_pipeline_status', 'replication_status', 'session_activity',
+        'setting', 'statement_stats', 'users_online'],
   'monitoring has its functions');
 select is(pg_get_function_result('monitoring.check_alerts()'::regprocedure),
   'TABLE(alert text, severity text, value double precision, threshold double precision, message text)',
@@ -172,6 +173,21 @@ select results_eq(
 select is(jsonb_array_length(monitoring.metrics_snapshot() -> 'alerts'),
   (select count(*)::int from monitoring.check_alerts()),
   'metrics_snapshot carries every alert check_alerts reports');
+
+-- replica_disconnected: a physical slot nobody streams from. Creating a slot is not
+-- transactional: the test drops it again itself.
+select is_empty($$select from monitoring.check_alerts() where alert = 'replica_disconnected'
+  and message like '%tests_orphan_slot%'$$, 'replica_disconnected is quiet without the slot');
+select lives_ok($$select pg_create_physical_replication_slot('tests_orphan_slot', true)$$,
+  'a physical slot with nobody streaming from it');
+select results_eq(
+  $$select state, active from monitoring.replication_status() where slot_name = 'tests_orphan_slot'$$,
+  $$values ('disconnected', false)$$,
+  'replication_status shows the slot disconnected');
+select is((select count(*)::int from monitoring.check_alerts()
+  where alert = 'replica_disconnected' and severity = 'critical' and message like '%tests_orphan_slot%'), 1,
+  'replica_disconnected fires for it');
+select lives_ok($$select pg_drop_replication_slot('tests_orphan_slot')$$, 'and the slot goes again');
 
 select * from finish();
 rollback;

@@ -18,6 +18,30 @@ async function machine(): Promise<string> {
   } GiB RAM, ${Deno.build.os}`;
 }
 
+interface ReplicaFigures {
+  lag_ms_functions_view: { samples: number; p50: number; p99: number; max: number };
+  replay_lag_ms_primary_view: { samples: number; p50: number; p99: number; max: number };
+  statements_in_window: { reads: number; reconcile: number; reconcile_db_ms: number };
+  functions_reads_by_route: Record<string, number>;
+}
+
+/** The read replica's rows: lag from both sides, what it served, where the functions' reads
+ * went. */
+function replicaRows(r: ReplicaFigures): string[] {
+  const routes = Object.entries(r.functions_reads_by_route).map(([k, v]) => `${k} ${v}`).join(
+    ", ",
+  ) || "none";
+  const l = r.lag_ms_functions_view, p = r.replay_lag_ms_primary_view;
+  return [
+    `| replica lag, sampled every second (replica's view: replay behind receipt) p50 / p99 / max | < 500 ms (SLTR_REPLICA_MAX_LAG_MS) | ${l.p50} / ${l.p99} / ${l.max} ms (${l.samples} samples) | ${
+      l.max !== null && l.max < 500 ? "yes" : "**no**"
+    } |`,
+    `| replica replay_lag (primary's view, pg_stat_replication) p50 / p99 / max | | ${p.p50} / ${p.p99} / ${p.max} ms (${p.samples} samples) | |`,
+    `| statements the replica served in the window | | ${r.statements_in_window.reconcile} reconciliation (${r.statements_in_window.reconcile_db_ms} ms), ${r.statements_in_window.reads} reads | |`,
+    `| the functions' lag-tolerant reads, by route (sltr_db_reads_total) | | ${routes} | |`,
+  ];
+}
+
 export async function writeReport(args: Args, started: Date, presence: Phase, polling: Phase) {
   const endpoints = presence.endpoints as Record<
     string,
@@ -111,6 +135,7 @@ export async function writeReport(args: Args, started: Date, presence: Phase, po
     } |`,
     `| the live index's reconciliation, in the window | | ${presence.reconciliation.statements} statements, ${presence.reconciliation.db_ms} ms of database time | |`,
     `| flush duration for the changes of one interval | | ${summary.flush_ms} ms (${presence.flush.rows_changed} rows changed) | |`,
+    ...(presence.replica ? replicaRows(presence.replica) : []),
     ...(presence.saturated ? [`| **what saturated** | | ${presence.saturated} | |`] : []),
   ];
   const md = [

@@ -59,6 +59,16 @@ const monitor = postgres(DB_URL, {
   onnotice: () => {},
   connection: { application_name: BENCH_APP },
 });
+// The read replica, when the stack has one (REPLICA_DB_URL): its lag, its statements, and
+// status as a client reading it would see it.
+const REPLICA_DB_URL = Deno.env.get("REPLICA_DB_URL");
+const replicaDb = REPLICA_DB_URL
+  ? postgres(REPLICA_DB_URL, {
+    max: 2,
+    onnotice: () => {},
+    connection: { application_name: BENCH_APP },
+  })
+  : undefined;
 
 const pop = new Population(args.users);
 const TARGET_ONLINE = Math.round(args.users * args.onlineRatio);
@@ -159,9 +169,10 @@ async function timed(h: Latency, fn: () => Promise<Response>): Promise<Response 
 async function batchRpc(
   sub: string,
   ids: string[],
+  on: postgres.Sql = pooled,
 ): Promise<{ user_id: string; is_online: boolean }[]> {
   const claims = JSON.stringify({ sub, role: "authenticated" });
-  return await pooled.begin(async (tx) => {
+  return await on.begin(async (tx) => {
     await tx`select set_config('role', 'authenticated', true), set_config('request.jwt.claims', ${claims}, true)`;
     return await tx<{ user_id: string; is_online: boolean }[]>`
       select user_id, is_online from public.get_online_users_batch(${ids}::uuid[])`;
@@ -192,6 +203,7 @@ async function cpuNow(): Promise<Record<string, number>> {
   return {
     functions: await cpuSeconds(await pid(`${STATE}/run/functions.pid`)).catch(() => 0),
     postgres: await treeCpuSeconds(await pid(`${STATE}/pg/postmaster.pid`)),
+    replica: await treeCpuSeconds(await pid(`${STATE}/pg-replica/postmaster.pid`)),
     pgbouncer: await cpuSeconds(await pid(`${STATE}/run/pgbouncer.pid`)).catch(() => 0),
     redis: await cpuSeconds(await pid(`${STATE}/run/redis.pid`)).catch(() => 0),
     bridge: await cpuSeconds(await pid(`${STATE}/run/bridge.pid`)).catch(() => 0),
@@ -260,8 +272,11 @@ const diff = (a: Record<string, number>, b: Record<string, number>) =>
   Object.fromEntries(Object.keys(b).map((k) => [k, Math.round((b[k] - a[k]) * 1000) / 1000]));
 
 /** Statement calls and execution time (ms) in pg_stat_statements matching a pattern. */
-async function statements(pattern: string): Promise<{ calls: number; ms: number }> {
-  const [row] = await monitor<{ calls: string | null; ms: number | null }[]>`
+async function statements(
+  pattern: string,
+  on: postgres.Sql = monitor,
+): Promise<{ calls: number; ms: number }> {
+  const [row] = await on<{ calls: string | null; ms: number | null }[]>`
     select sum(calls)::text as calls, sum(total_exec_time) as ms
     from extensions.pg_stat_statements where query ~* ${pattern}`;
   return { calls: Number(row.calls ?? 0), ms: Number(row.ms ?? 0) };
@@ -316,8 +331,44 @@ const PRESENCE_SQL =
   "ingest_presence|flush_presence|expire_stale_presence|live_index_snapshot\\(false, \\$1";
 const RECONCILE_SQL = "live_index_snapshot\\(\\)|live_index_snapshot\\(false\\)";
 const READ_SQL =
-  "select user_id, display_name, distance_m, last_seen_at\\s+from public\\.find_nearby|" +
+  "select user_id, display_name, distance_m, last_seen_at\\s+from (public|private)\\.find_nearby|" +
   "select user_id, is_online, last_seen_at from public\\.get_online_users_batch";
+
+/** The replica's lag as the functions measure it (replica.ts), in ms, and the primary's
+ * replay_lag for its slot (null once caught up and idle). */
+async function replicaLagMs(): Promise<{ replica: number; primary: number | null } | undefined> {
+  if (!replicaDb) return undefined;
+  const [[a], [b]] = await Promise.all([
+    replicaDb<{ lag: number }[]>`
+      select (case
+        when pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
+        else coalesce(extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp()), 0)
+      end * 1000)::float8 as lag`,
+    monitor<{ lag: number | null }[]>`
+      select (max(replay_lag_seconds) * 1000)::float8 as lag
+      from monitoring.replication_status() where slot_name is not null`,
+  ]);
+  return { replica: a.lag, primary: b.lag };
+}
+
+/** Reads by route, as the functions server counts them (sltr_db_reads_total). */
+async function readRoutes(): Promise<Record<string, number>> {
+  const res = await fetch(`${FUNCTIONS_URL}/metrics`, {
+    headers: { authorization: `Bearer ${Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") ?? ""}` },
+  }).catch(() => undefined);
+  const text = res?.ok ? await res.text() : "";
+  const routes: Record<string, number> = {};
+  for (const m of text.matchAll(/^sltr_db_reads_total\{route="([a-z_]+)"\} (\d+)$/gm)) {
+    routes[m[1]] = Number(m[2]);
+  }
+  return routes;
+}
+
+const pct = (xs: number[], q: number) => {
+  if (!xs.length) return null;
+  const sorted = [...xs].sort((a, b) => a - b);
+  return Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] * 10) / 10;
+};
 
 async function presencePhase() {
   const r = rng(7);
@@ -326,14 +377,15 @@ async function presencePhase() {
     nearby: new Latency(),
     status: new Latency(),
     rpc: new Latency(),
-    arrival: { batch: new Latency(), nearby: new Latency() },
-    leave: { batch: new Latency(), nearby: new Latency() },
+    arrival: { batch: new Latency(), nearby: new Latency(), replica: new Latency() },
+    leave: { batch: new Latency(), nearby: new Latency(), replica: new Latency() },
     move: { nearby: new Latency() },
   };
   const hits = { nearby: 0, nearbyMiss: 0, status: 0, statusMiss: 0, degraded: 0 };
   let peak = 0;
   let peakActive = 0;
   const online = { pg: [] as number[], redis: [] as number[] };
+  const lag = { replica: [] as number[], primary: [] as number[] };
 
   // Per-user rates, uncapped: every online user reads nearby every ~30 s, a session lasts ~20
   // minutes (a join and a leave per online user per 1,200 s), a move every ~5 minutes, and the
@@ -493,6 +545,11 @@ async function presencePhase() {
   const seenBatch = async (n: number) =>
     (await batchRpc(idOf(1), [idOf(n)]).catch(() => []))[0]
       ?.is_online;
+  // The same RPC on the replica: how long a status change takes to reach a reader there.
+  const seenOnReplica = async (n: number) =>
+    replicaDb
+      ? (await batchRpc(idOf(1), [idOf(n)], replicaDb).catch(() => []))[0]?.is_online
+      : undefined;
   const until = async (check: () => Promise<boolean>, hist: Latency, from: number) => {
     while (performance.now() - from < 5000) {
       if (await check().catch(() => false)) {
@@ -520,6 +577,7 @@ async function presencePhase() {
         await Promise.all([
           until(async () => await seenBatch(n) === true, h.arrival.batch, from),
           until(() => seenNearby(n, p, token), h.arrival.nearby, from),
+          replicaDb && until(async () => await seenOnReplica(n) === true, h.arrival.replica, from),
         ]);
       } else if (kind === "leave") {
         pop.setOnline(n, false);
@@ -529,6 +587,7 @@ async function presencePhase() {
         await Promise.all([
           until(async () => await seenBatch(n) === false, h.leave.batch, from),
           until(async () => !(await seenNearby(n, p, token)), h.leave.nearby, from),
+          replicaDb && until(async () => await seenOnReplica(n) === false, h.leave.replica, from),
         ]);
       } else {
         // 3 km north: seen from the new place, gone from the old one.
@@ -549,7 +608,16 @@ async function presencePhase() {
   });
   const sampler = (async () => {
     let nextCount = 0;
+    let nextLag = 0;
     while (!stop) {
+      if (replicaDb && performance.now() >= nextLag) {
+        nextLag = performance.now() + 1000;
+        const l = await replicaLagMs().catch(() => undefined);
+        if (measuring && l) {
+          lag.replica.push(l.replica);
+          if (l.primary !== null) lag.primary.push(l.primary);
+        }
+      }
       const n = await serverConnections().catch(() => ({ total: 0, active: 0 }));
       if (measuring) peak = Math.max(peak, n.total);
       if (measuring) peakActive = Math.max(peakActive, n.active);
@@ -572,6 +640,11 @@ async function presencePhase() {
     presence: await statements(PRESENCE_SQL),
     reconcile: await statements(RECONCILE_SQL),
     reads: await statements(READ_SQL),
+    replica: replicaDb && {
+      reads: await statements(READ_SQL, replicaDb),
+      reconcile: await statements(RECONCILE_SQL, replicaDb),
+    },
+    routes: await readRoutes(),
     cpu: await cpuNow(),
     pg: await postgresCpuNow(),
     top: await statementsNow(),
@@ -585,6 +658,11 @@ async function presencePhase() {
     presence: await statements(PRESENCE_SQL),
     reconcile: await statements(RECONCILE_SQL),
     reads: await statements(READ_SQL),
+    replica: replicaDb && {
+      reads: await statements(READ_SQL, replicaDb),
+      reconcile: await statements(RECONCILE_SQL, replicaDb),
+    },
+    routes: await readRoutes(),
     cpu: await cpuNow(),
     pg: await postgresCpuNow(),
     top: await statementsNow(),
@@ -646,7 +724,37 @@ async function presencePhase() {
       "leave -> get_online_users_batch": h.leave.batch.summary(),
       "leave -> nearby-online": h.leave.nearby.summary(),
       "move -> nearby-online": h.move.nearby.summary(),
+      ...(replicaDb
+        ? {
+          "arrival -> get_online_users_batch on the replica": h.arrival.replica.summary(),
+          "leave -> get_online_users_batch on the replica": h.leave.replica.summary(),
+        }
+        : {}),
     },
+    replica: replicaDb
+      ? {
+        lag_ms_functions_view: {
+          samples: lag.replica.length,
+          p50: pct(lag.replica, 0.5),
+          p99: pct(lag.replica, 0.99),
+          max: lag.replica.length ? Math.max(...lag.replica) : null,
+        },
+        replay_lag_ms_primary_view: {
+          samples: lag.primary.length,
+          p50: pct(lag.primary, 0.5),
+          p99: pct(lag.primary, 0.99),
+          max: lag.primary.length ? Math.max(...lag.primary) : null,
+        },
+        statements_in_window: {
+          reads: after.replica!.reads.calls - before.replica!.reads.calls,
+          reconcile: after.replica!.reconcile.calls - before.replica!.reconcile.calls,
+          reconcile_db_ms: Math.round(after.replica!.reconcile.ms - before.replica!.reconcile.ms),
+        },
+        functions_reads_by_route: Object.fromEntries(
+          Object.keys(after.routes).map((k) => [k, after.routes[k] - (before.routes[k] ?? 0)]),
+        ),
+      }
+      : null,
     rates_per_s: {
       nearby_target: Math.round(nearbyPerSec),
       nearby_achieved: Math.round(achievedNearby),
@@ -755,6 +863,6 @@ try {
     await redis.del("{live}:built").catch(() => 0); // rebuilt without them on the next read
   }
   redis.disconnect();
-  await Promise.all([direct.end(), pooled.end(), monitor.end()]);
+  await Promise.all([direct.end(), pooled.end(), monitor.end(), replicaDb?.end()]);
 }
 if (!held) Deno.exit(1);

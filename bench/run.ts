@@ -202,6 +202,7 @@ async function cpuNow(): Promise<Record<string, number>> {
     Number((await Deno.readTextFile(file).catch(() => "0")).split("\n")[0]);
   return {
     functions: await cpuSeconds(await pid(`${STATE}/run/functions.pid`)).catch(() => 0),
+    realtime: await cpuSeconds(await pid(`${STATE}/run/realtime.pid`)).catch(() => 0),
     postgres: await treeCpuSeconds(await pid(`${STATE}/pg/postmaster.pid`)),
     replica: await treeCpuSeconds(await pid(`${STATE}/pg-replica/postmaster.pid`)),
     pgbouncer: await cpuSeconds(await pid(`${STATE}/run/pgbouncer.pid`)).catch(() => 0),

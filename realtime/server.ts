@@ -19,6 +19,8 @@ import { type Broadcast, encodeBroadcast, encodeMessage, type Vsn } from "./seri
 import { Socket } from "./socket.ts";
 
 export const PREFIX = "/realtime/v1";
+/** Asks the endpoint whether a connection would be admitted, without opening it (upgrade()). */
+export const ADMISSION_HEADER = "x-sltr-admission-check";
 
 const jsonLog: Log = (level, msg, data = {}) => {
   const line = JSON.stringify({ level, msg, service: "realtime", ...data });
@@ -104,11 +106,26 @@ export class RealtimeServer {
   }
 
   /** The upgrade (user_socket.ex connect/3): a token that verifies, or an HTTP error after
-   * CONNECT_ERROR_BACKOFF_MS. */
+   * CONNECT_ERROR_BACKOFF_MS. A request with ADMISSION_HEADER and no upgrade is only asked
+   * whether it would be let in (204, or the refusal): the gateway relaying sockets from
+   * another process asks first, so that a refused client still gets its HTTP status. */
   private async upgrade(req: Request): Promise<Response> {
+    const admission = await this.admit(req);
+    if (admission instanceof Response) return admission;
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      if (req.headers.has(ADMISSION_HEADER)) return new Response(null, { status: 204 });
       return new Response("WebSocket upgrade expected", { status: 400 });
     }
+    const headers: Record<string, string> = {};
+    for (const [name, value] of req.headers) if (name.startsWith("x-")) headers[name] = value;
+    const { socket: ws, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+    this.counts.connections++;
+    this.sockets.add(new Socket(this, ws, admission.vsn, admission.token, headers));
+    return response;
+  }
+
+  /** Whether a connection may open: its vsn, its token, the tenant's limits. */
+  private async admit(req: Request): Promise<Response | { vsn: Vsn; token: string }> {
     const url = new URL(req.url);
     const rawVsn = url.searchParams.get("vsn") ?? "1.0.0";
     const vsn: Vsn | undefined = /^1\.0(\.\d+)?$/.test(rawVsn)
@@ -132,12 +149,7 @@ export class RealtimeServer {
       return await refuse(429, "Too many connected users");
     }
     if (this.joins.triggered) return await refuse(429, "Too many joins per second");
-    const headers: Record<string, string> = {};
-    for (const [name, value] of req.headers) if (name.startsWith("x-")) headers[name] = value;
-    const { socket: ws, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
-    this.counts.connections++;
-    this.sockets.add(new Socket(this, ws, vsn, token!, headers));
-    return response;
+    return { vsn, token: token! };
   }
 
   /** Sockets counted as connected users: from their first join until they close

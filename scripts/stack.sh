@@ -205,21 +205,40 @@ functions_env() {
   # The local stand-ins for platform services (Realtime's authorization, the PostgREST gateway,
   # the demo) connect as the platform does, not as the functions' role.
   export REALTIME_DB_URL="$POOLER_URL" SLTR_GATEWAY_DB_URL="$POOLER_URL"
-  export FUNCTIONS_PORT
-  # The local Realtime endpoint (same process): database broadcasts by logical replication
-  # need a direct connection (a pooler cannot replicate).
+  export FUNCTIONS_PORT REALTIME_PORT
+  # The local Realtime endpoint runs in a process of its own (realtime/main.ts, loopback only);
+  # the functions' workers relay /realtime/v1 to it. Database broadcasts by logical
+  # replication need a direct connection (a pooler cannot replicate).
+  export SLTR_REALTIME_UPSTREAM="http://127.0.0.1:$REALTIME_PORT"
   export REALTIME_REPLICATION_DB_URL="$DB_URL"
   # The demo page at /demo/ and its local sign-in (never outside the local stack).
   export SLTR_DEMO=true
+  # One functions worker per core (deno serve --parallel), as the Edge Runtime runs many
+  # isolates; SLTR_WORKERS lets one /metrics scrape sum them all.
+  export DENO_JOBS="$FUNCTIONS_WORKERS" SLTR_WORKERS="$FUNCTIONS_WORKERS"
 }
 
-serve_cmd=("$NODE_BIN/deno" run --allow-net --allow-env --allow-read --allow-sys "$ROOT/functions/_serve/main.ts")
+# FUNCTIONS_WORKERS: from the environment (e.g. 1 to compare), else one per core.
+FUNCTIONS_WORKERS="${FUNCTIONS_WORKERS:-$(nproc)}"
+serve_cmd=("$NODE_BIN/deno" serve --parallel --host 127.0.0.1 --port "$FUNCTIONS_PORT"
+  --allow-net --allow-env --allow-read --allow-sys "$ROOT/functions/_serve/serve.ts")
+realtime_cmd=("$NODE_BIN/deno" run --allow-net --allow-env --allow-read --allow-sys "$ROOT/realtime/main.ts")
+
+start_realtime() {
+  pid_alive "$RUN_DIR/realtime.pid" && return 0
+  require_free_port "$REALTIME_PORT" "Realtime endpoint" REALTIME_PORT
+  functions_env
+  log "starting the Realtime endpoint (127.0.0.1:$REALTIME_PORT, relayed at ${API_URL/http/ws}/realtime/v1)"
+  (cd "$ROOT" && exec nohup "${realtime_cmd[@]}" >>"$LOG_DIR/realtime.log" 2>&1) &
+  echo $! >"$RUN_DIR/realtime.pid"
+  wait_for "the Realtime endpoint" 150 port_open "$REALTIME_PORT"
+}
 
 start_functions() {
   pid_alive "$RUN_DIR/functions.pid" && return 0
   require_free_port "$FUNCTIONS_PORT" "edge functions" FUNCTIONS_PORT
   functions_env
-  log "serving functions on $FUNCTIONS_URL"
+  log "serving functions on $FUNCTIONS_URL ($FUNCTIONS_WORKERS workers)"
   (cd "$ROOT" && exec nohup "${serve_cmd[@]}" >>"$LOG_DIR/functions.log" 2>&1) &
   echo $! >"$RUN_DIR/functions.pid"
   wait_for "the functions server" 150 curl -fsS "$FUNCTIONS_URL/health"
@@ -278,12 +297,15 @@ case "${1:-}" in
       psql_db -d postgres -v pw="$FUNCTIONS_DB_PASSWORD" >/dev/null
     psql_db -d postgres -f "$ROOT/seed.sql" >/dev/null
     if [ "$1" = start ]; then
+      start_realtime
       start_functions
       start_bridge wait
     fi
     log "ready: $FUNCTIONS_URL, Realtime at ${API_URL/http/ws}/realtime/v1 (make status for URLs and keys)"
     ;;
   functions)
+    prepare_dirs
+    start_realtime
     functions_env
     require_free_port "$FUNCTIONS_PORT" "edge functions" FUNCTIONS_PORT
     log "serving functions on $FUNCTIONS_URL and Realtime on ${API_URL/http/ws}/realtime/v1 (Ctrl-C stops them; make stop stops the rest)"
@@ -299,13 +321,16 @@ case "${1:-}" in
     ;;
   restart-functions)
     stop_one functions "$RUN_DIR/functions.pid"
+    stop_one "Realtime endpoint" "$RUN_DIR/realtime.pid"
     prepare_dirs
+    start_realtime
     start_functions
     ;;
   stop)
     stop_one "demo driver" "$RUN_DIR/demo.pid"
     stop_one "presence bridge" "$RUN_DIR/bridge.pid"
     stop_one functions "$RUN_DIR/functions.pid"
+    stop_one "Realtime endpoint" "$RUN_DIR/realtime.pid"
     stop_one Redis "$RUN_DIR/redis.pid"
     stop_one PgBouncer "$RUN_DIR/pgbouncer.pid"
     stop_replica

@@ -70,13 +70,14 @@ export async function stackSh(stack: Stack, action: string): Promise<void> {
  * supabase/local.env, e.g. POOL_MAX_SERVER_CONNECTIONS. */
 export async function startStack(prefix: string, env: Record<string, string> = {}): Promise<Stack> {
   const state = await Deno.makeTempDir({ prefix });
-  const [pg, bouncer, redis, fns, bridge, replica] = await freePorts(6);
+  const [pg, bouncer, redis, fns, bridge, replica, realtime] = await freePorts(7);
   const stack: Stack = {
     env: {
       ...env,
       SLTR_STATE_DIR: state,
       PG_PORT: String(pg),
       REPLICA_PORT: String(replica),
+      REALTIME_PORT: String(realtime),
       PGBOUNCER_PORT: String(bouncer),
       REDIS_PORT: String(redis),
       FUNCTIONS_PORT: String(fns),

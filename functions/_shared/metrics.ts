@@ -3,14 +3,20 @@
 // query() helper record into them, so every function is measured without code of its own;
 // functions/metrics exposes them together with the database-side figures.
 //
-// Process-local means per worker: the local functions server runs every function in one
-// process, so one scrape sees them all. Hosted Supabase runs one worker per function (and
-// several under load); there Sentry's metrics and spans (sentry.ts) are the cross-worker view.
+// Each worker holds its own. The local stack runs the functions as one worker per core
+// (functions/_serve/serve.ts) and Realtime in a process of its own: a scrape asks every worker
+// (joinWorkers, collectWorkers) and the Realtime process, and sums them (counters and
+// histograms add up; each gauge says how it combines). Hosted Supabase runs one worker per
+// function (and several under load); there Sentry's metrics and spans (sentry.ts) are the
+// cross-worker view.
 import {
+  AggregatorRegistry,
   collectDefaultMetrics,
   Counter,
   Gauge,
   Histogram,
+  type MetricObjectWithValues,
+  type MetricValue,
   Registry,
   type Registry as RegistryType,
 } from "prom-client";
@@ -59,8 +65,10 @@ const cacheTotals = new Map<string, { hit: number; miss: number }>();
 
 new Gauge({
   name: "sltr_cache_hit_ratio",
-  help: "Cache hit rate since the process started: hits / (hits + misses), per cache.",
+  help: "Cache hit rate since the process started: hits / (hits + misses), per cache " +
+    "(the average over workers).",
   labelNames: ["cache"] as const,
+  aggregator: "average",
   registers: [registry],
   collect() {
     for (const [cache, t] of cacheTotals) {
@@ -185,7 +193,8 @@ export function recordRead(route: ReadRoute): void {
 export function registerReplicaGauges(health: () => { up: boolean; lagSeconds: number }): void {
   new Gauge({
     name: "sltr_db_replica_up",
-    help: "1 while the read replica answers this process's lag checks.",
+    help: "1 while the read replica answers this process's lag checks (the lowest over workers).",
+    aggregator: "min",
     registers: [registry],
     collect() {
       this.set(health().up ? 1 : 0);
@@ -195,7 +204,8 @@ export function registerReplicaGauges(health: () => { up: boolean; lagSeconds: n
     name: "sltr_db_replica_lag_seconds",
     help: "How far the read replica is behind the primary at the last check that answered: " +
       "0 while it has replayed all it received, else the age of the last transaction it " +
-      "replayed. Reads leave it beyond SLTR_REPLICA_MAX_LAG_MS.",
+      "replayed. Reads leave it beyond SLTR_REPLICA_MAX_LAG_MS. The highest over workers.",
+    aggregator: "max",
     registers: [registry],
     collect() {
       const lag = health().lagSeconds;
@@ -282,4 +292,61 @@ export function registerRealtimeMetrics(stats: () => Record<string, number | boo
       },
     });
   }
+}
+
+// ---- every worker in one scrape ----------------------------------------------------------
+
+type Metrics = MetricObjectWithValues<MetricValue<string>>[];
+
+/** Workers of this process (SLTR_WORKERS, set by the stack with `deno serve --parallel`). */
+const WORKERS = Number(Deno.env.get("SLTR_WORKERS") ?? "1");
+let peers: BroadcastChannel | undefined;
+const asked = new Map<string, Metrics[]>();
+
+/** Answers the other workers' scrapes with this worker's metrics (serve.ts calls it). */
+export function joinWorkers(): void {
+  if (WORKERS < 2 || peers) return;
+  peers = new BroadcastChannel("sltr-metrics");
+  peers.onmessage = async (e: MessageEvent) => {
+    const m = e.data as { ask?: string; answer?: string; metrics?: Metrics };
+    if (m.ask) {
+      peers!.postMessage({ answer: m.ask, metrics: await registry.getMetricsAsJSON() });
+    } else if (m.answer) asked.get(m.answer)?.push(m.metrics!);
+  };
+}
+
+/** Process-wide figures every worker of the process reports alike: taken once, not summed. */
+const processWide = /^sltr_(process_|nodejs_)/;
+
+/**
+ * This worker's metrics, the other workers' (up to 500 ms for their answers) and `more` (the
+ * Realtime process's), combined into one registry. Says how many workers answered.
+ */
+export async function collectWorkers(more: Metrics[] = []): Promise<Registry> {
+  const mine = await registry.getMetricsAsJSON() as Metrics;
+  const all: Metrics[] = [mine, ...more];
+  if (peers) {
+    const id = crypto.randomUUID();
+    const answers: Metrics[] = [];
+    asked.set(id, answers);
+    peers.postMessage({ ask: id });
+    const until = performance.now() + 500;
+    while (answers.length < WORKERS - 1 && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    asked.delete(id);
+    all.push(...answers);
+  }
+  for (const metrics of all) {
+    for (const m of metrics) {
+      if (processWide.test(m.name)) (m as { aggregator: string }).aggregator = "first";
+    }
+  }
+  const merged = AggregatorRegistry.aggregate(all);
+  new Gauge({
+    name: "sltr_metrics_workers",
+    help: "Workers whose metrics this scrape combined (of SLTR_WORKERS), plus other processes.",
+    registers: [merged],
+  }).set(all.length);
+  return merged as unknown as Registry;
 }

@@ -10,7 +10,7 @@ import { Gauge, Registry } from "prom-client";
 import { requireJwt } from "../_shared/auth.ts";
 import { query } from "../_shared/db.ts";
 import { corsHeaders, HttpError, requireMethod, serveJson } from "../_shared/http.ts";
-import { registry, startProcessMetrics } from "../_shared/metrics.ts";
+import { collectWorkers, registry, startProcessMetrics } from "../_shared/metrics.ts";
 import { tryRedis } from "../_shared/redis.ts";
 import { startReplicaMonitor } from "../_shared/replica.ts";
 
@@ -224,6 +224,15 @@ export function databaseRegistry(s: Snapshot | undefined, redisUp: boolean): Reg
   return reg;
 }
 
+/** The Realtime process's metrics, when it runs apart (SLTR_REALTIME_UPSTREAM). */
+async function realtimeMetrics() {
+  const upstream = Deno.env.get("SLTR_REALTIME_UPSTREAM");
+  if (!upstream) return [];
+  const res = await fetch(`${upstream}/internal/metrics`, { signal: AbortSignal.timeout(1000) })
+    .catch(() => undefined);
+  return res?.ok ? [await res.json()] : [];
+}
+
 export const handler = serveJson("metrics", async (req) => {
   requireMethod(req, "GET");
   await requireServiceRole(req);
@@ -236,7 +245,7 @@ export const handler = serveJson("metrics", async (req) => {
     ).then(([row]) => row.s, () => undefined),
     tryRedis((r) => r.ping()).then((r) => r.ok),
   ]);
-  const text = (await registry.metrics()) + "\n" +
+  const text = (await (await collectWorkers(await realtimeMetrics())).metrics()) + "\n" +
     (await databaseRegistry(snapshot, redisUp).metrics());
   return new Response(text, {
     status: 200,

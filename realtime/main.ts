@@ -5,9 +5,13 @@
 //
 //   GET /internal/metrics   this process's metrics as prom-client JSON, for the functions'
 //                           /metrics to merge (loopback only, like the port itself)
+import { guardConnectionErrors } from "../functions/_shared/db.ts";
 import { registerRealtimeMetrics, registry } from "../functions/_shared/metrics.ts";
 import { realtimeConfig } from "./config.ts";
 import { RealtimeServer } from "./server.ts";
+
+// A connection error nobody awaits (Postgres restarting) is logged, not the end of the process.
+guardConnectionErrors();
 
 const port = Number(Deno.env.get("REALTIME_PORT") ?? "54325");
 const realtime = new RealtimeServer(realtimeConfig());

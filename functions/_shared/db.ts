@@ -79,7 +79,7 @@ let guarded = false;
 // "server login has been failing"), the rejection is unhandled and would end the whole
 // process, every function with it. Such a connection error is already reported to the
 // requests it affects (503); here it is logged and the process goes on.
-function guardConnectionErrors(): void {
+export function guardConnectionErrors(): void {
   if (guarded) return;
   guarded = true;
   globalThis.addEventListener("unhandledrejection", (event) => {

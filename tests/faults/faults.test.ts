@@ -283,7 +283,13 @@ async function redisOutage(stack: Stack, users: User[]): Promise<void> {
     await sleep(100);
     health = await call(stack, "health");
   }
-  assert.deepEqual(health.body, { status: "ok", database: true, redis: true, degraded: false });
+  assert.deepEqual({ ...health.body, replica: undefined }, {
+    status: "ok",
+    database: true,
+    redis: true,
+    replica: undefined,
+    degraded: false,
+  });
   const after = await scrape(stack);
   assert.equal(sample(after, "sltr_redis_up"), 1);
   assert.ok((sample(after, 'sltr_cache_requests_total{cache="nearby",result="error"}') ?? 0) > 0);
@@ -753,8 +759,19 @@ async function pushesThroughOutages(stack: Stack, [watcher, watched]: User[]): P
       if (performance.now() - backAt > 30_000) throw new Error("replication never came back");
       await sleep(200);
     }
-    await retrySend("offline");
-    await expect(false, "after Postgres came back", 3000);
+    // A row committed in the moment before the new slot exists is never delivered (as on
+    // hosted Realtime: database_broadcasts.ts), so the first change after the restart may be
+    // lost; pushes must resume within the next changes.
+    for (let attempt = 0;; attempt++) {
+      const status = attempt % 2 === 0 ? "offline" : "online";
+      await retrySend(status);
+      try {
+        await expect(status === "online", "after Postgres came back", 2000);
+        break;
+      } catch (e) {
+        if (attempt === 2) throw e;
+      }
+    }
     console.log(
       `pushes: through Redis down, and resumed ${
         Math.round(performance.now() - backAt)

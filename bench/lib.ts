@@ -1,5 +1,8 @@
 // Benchmark plumbing: arguments, HdrHistogram percentiles, a progress bar, rate pacing.
 import * as hdr from "hdr-histogram-js";
+import { sleep } from "../tests/_lib/test.ts";
+
+export { sleep };
 
 export interface Args {
   users: number;
@@ -136,8 +139,6 @@ export async function paced(
   );
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 export function progress(label: string, done: number, total: number, extra = ""): void {
   if (!Deno.stderr.isTerminal() && done < total && Math.floor(done) % 10 !== 0) return;
   const width = 30;
@@ -149,18 +150,6 @@ export function progress(label: string, done: number, total: number, extra = "")
   const enc = new TextEncoder();
   Deno.stderr.writeSync(enc.encode(Deno.stderr.isTerminal() ? `\r${line}\x1b[K` : `${line}\n`));
   if (done >= total && Deno.stderr.isTerminal()) Deno.stderr.writeSync(enc.encode("\n"));
-}
-
-/** Deterministic PRNG (mulberry32), so every run loads the same users. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** CPU time (user + system, seconds) a process has used so far, from /proc (Linux). */

@@ -22,6 +22,14 @@ import { signBody } from "../functions/_shared/auth.ts";
 import { localUserJwt } from "../scripts/token.ts";
 import { CITIES, cpuSeconds, Latency, sleep } from "./lib.ts";
 import { PLANS } from "../realtime/config.ts";
+import {
+  ANON_KEY as ANON,
+  API_URL,
+  DB_URL,
+  SERVICE_ROLE_KEY as SERVICE,
+  STATE_DIR,
+  WEBHOOK_SECRET as SECRET,
+} from "../tests/_lib/env.ts";
 
 const argv = Deno.args;
 const num = (name: string, fallback: number) => {
@@ -41,11 +49,7 @@ const OUT = (() => {
   return i >= 0 ? argv[i + 1] : "bench/results";
 })();
 
-const API_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
-const ANON = Deno.env.get("SUPABASE_ANON_KEY")!;
-const SERVICE = Deno.env.get("SUPABASE_SERVICE_ROLE_KEY")!;
-const SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
-const direct = postgres(Deno.env.get("DB_URL")!, {
+const direct = postgres(DB_URL, {
   max: 2,
   onnotice: () => {},
   connection: { application_name: "sltr-bench-direct" },
@@ -319,7 +323,7 @@ log(
   } s`,
 );
 const serverPid = Number(
-  (await Deno.readTextFile(`${Deno.env.get("SLTR_ROOT") ?? "."}/.state/run/functions.pid`)).trim(),
+  (await Deno.readTextFile(`${STATE_DIR}/run/functions.pid`)).trim(),
 );
 
 /** Runs one measured phase of DURATION seconds. */

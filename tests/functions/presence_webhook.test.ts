@@ -8,17 +8,20 @@ import { Redis } from "ioredis";
 import { forget, userKey, writeEvents } from "../../functions/_shared/live_index.ts";
 import {
   ANON_KEY,
-  freePort,
+  DB_URL,
   FUNCTIONS_URL,
+  REDIS_URL,
+  ROOT,
   SERVICE_ROLE_KEY,
-  startFunctionsServer,
-  userJwt,
-} from "./_helpers.ts";
+  WEBHOOK_SECRET as SECRET,
+} from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { freePort } from "../_lib/ports.ts";
+import { startFunctionsServer } from "../_lib/servers.ts";
+import { signBody } from "../../functions/_shared/auth.ts";
+import { test } from "../_lib/test.ts";
 
 const WEBHOOK = `${FUNCTIONS_URL}/presence-webhook`;
-const SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
-const DB_URL = Deno.env.get("DB_URL")!;
-const REDIS_URL = Deno.env.get("REDIS_URL")!;
 const EMAIL_DOMAIN = "presence-webhook.test";
 
 const db = postgres(DB_URL, { max: 6, onnotice: () => {} });
@@ -26,30 +29,11 @@ const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
 const created: string[] = [];
 
 // Shared pools live across tests; the last test closes them.
-function test(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
-}
 
 // ---- helpers -------------------------------------------------------------------------------
 
-const encoder = new TextEncoder();
-const hex = (bytes: Uint8Array) =>
-  Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-
-async function hmac(secret: string, message: string): Promise<string> {
-  const key = await crypto.subtle.importKey(
-    "raw",
-    encoder.encode(secret),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  return hex(new Uint8Array(await crypto.subtle.sign("HMAC", key, encoder.encode(message))));
-}
-
 async function sign(body: string, opts: { secret?: string; t?: number } = {}): Promise<string> {
-  const t = opts.t ?? Math.floor(Date.now() / 1000);
-  return `t=${t},v1=${await hmac(opts.secret ?? SECRET, `${t}.${body}`)}`;
+  return await signBody(opts.secret ?? SECRET, body, opts.t);
 }
 
 interface Answer {
@@ -385,9 +369,8 @@ test("during_a_rotation_both_secrets_are_accepted_and_nothing_else", async () =>
 });
 
 test("a_webhook_secret_under_32_bytes_stops_the_server_with_the_reason", async () => {
-  const root = Deno.env.get("SLTR_ROOT") ?? ".";
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}/functions/_serve/main.ts`],
+    args: ["run", "-A", `${ROOT}/functions/_serve/main.ts`],
     env: { ...Deno.env.toObject(), FUNCTIONS_PORT: "0", PRESENCE_WEBHOOK_SECRETS: "short-secret" },
     stdout: "null",
     stderr: "piped",

@@ -9,28 +9,25 @@ import { Redis } from "ioredis";
 import { createClient } from "@supabase/supabase-js";
 import {
   ANON_KEY,
-  freePort,
+  API_URL as SUPABASE_URL,
+  DB_URL,
   FUNCTIONS_URL,
+  REDIS_URL,
   SERVICE_ROLE_KEY,
-  startFunctionsServer,
-  userJwt,
-} from "./_helpers.ts";
+} from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { freePort } from "../_lib/ports.ts";
+import { startFunctionsServer } from "../_lib/servers.ts";
 import { forget, prune, redisMicros } from "../../functions/_shared/live_index.ts";
 import { FreezableProxy } from "../_lib/proxy.ts";
+import { sleep, test } from "../_lib/test.ts";
 
-const DB_URL = Deno.env.get("DB_URL")!;
-const REDIS_URL = Deno.env.get("REDIS_URL")!;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const SUPABASE_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
 const EMAIL_DOMAIN = "read-path.test";
 
 const db = postgres(DB_URL, { max: 4, onnotice: () => {} });
 const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
 
 // Shared pools live across tests; the last test closes them.
-function test(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
-}
 
 // ---- the cast ------------------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ class Gen {
   }
   /** A nasty string that is not a number either ("-0" is a valid coordinate, so strings that
    * Number() reads as finite are left out; "0x10" is refused by nearby-online's decimal check,
-   * pinned in tests/functions/read_path.test.ts). */
+   * pinned in tests/functions/nearby_online.test.ts). */
   nastyNotNumber(): string {
     for (;;) {
       const text = this.nasty();

@@ -67,6 +67,17 @@ export function parseArgs(argv: string[]): Args {
   return args;
 }
 
+/** The value after `--name` on the command line, else `fallback` (bench/push.ts, realtime.ts). */
+export function flag(name: string, fallback: string, argv = Deno.args): string {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? argv[i + 1] : fallback;
+}
+
+/** A number after `--name` on the command line, else `fallback`. */
+export function numberFlag(name: string, fallback: number, argv = Deno.args): number {
+  return Number(flag(name, String(fallback), argv));
+}
+
 /** Latencies in microseconds, reported in milliseconds. */
 export class Latency {
   private h = hdr.build({

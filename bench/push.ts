@@ -20,7 +20,7 @@ import postgres from "postgres";
 import { createSltrClient, type SltrClient, type StatusChange } from "../client/mod.ts";
 import { signBody } from "../functions/_shared/auth.ts";
 import { localUserJwt } from "../scripts/token.ts";
-import { CITIES, cpuSeconds, Latency, sleep } from "./lib.ts";
+import { CITIES, cpuSeconds, flag, Latency, numberFlag, sleep } from "./lib.ts";
 import { PLANS } from "../realtime/config.ts";
 import {
   ANON_KEY as ANON,
@@ -31,23 +31,15 @@ import {
   WEBHOOK_SECRET as SECRET,
 } from "../tests/_lib/env.ts";
 
-const argv = Deno.args;
-const num = (name: string, fallback: number) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(argv[i + 1]) : fallback;
-};
-const ONLINE = num("online", 50_000);
+const ONLINE = numberFlag("online", 50_000);
 const OFFLINE = Math.round(ONLINE / 4);
 const TOTAL = ONLINE + OFFLINE;
-const CLIENTS = num("clients", 500);
-const DURATION = num("duration", 120);
-const WARMUP = num("warmup", 30);
+const CLIENTS = numberFlag("clients", 500);
+const DURATION = numberFlag("duration", 120);
+const WARMUP = numberFlag("warmup", 30);
 const FAVORITES = 20;
 const SCREEN = 50;
-const OUT = (() => {
-  const i = argv.indexOf("--out");
-  return i >= 0 ? argv[i + 1] : "bench/results";
-})();
+const OUT = flag("out", "bench/results");
 
 const direct = postgres(DB_URL, {
   max: 2,

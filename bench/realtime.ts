@@ -22,20 +22,12 @@ import {
   ticketFor,
 } from "../tests/realtime/_helpers.ts";
 import { FreezableProxy } from "../tests/_lib/proxy.ts";
-import { cpuSeconds, Latency, rssMiB, sleep } from "./lib.ts";
+import { cpuSeconds, flag, Latency, numberFlag, rssMiB, sleep } from "./lib.ts";
 import { ANON_KEY as ANON, DB_URL, SERVICE_ROLE_KEY as SERVICE } from "../tests/_lib/env.ts";
 
-const argv = Deno.args;
-const arg = (name: string, fallback: number) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(argv[i + 1]) : fallback;
-};
-const CONNECTIONS = arg("connections", 10_000);
-const SAMPLES = arg("samples", 50);
-const OUT = (() => {
-  const i = argv.indexOf("--out");
-  return i >= 0 ? argv[i + 1] : "bench/results";
-})();
+const CONNECTIONS = numberFlag("connections", 10_000);
+const SAMPLES = numberFlag("samples", 50);
+const OUT = flag("out", "bench/results");
 const HERE = { lat: 48.8566, lng: 2.3522 };
 
 const log = (msg: string) => console.error(`[realtime bench] ${msg}`);

@@ -51,43 +51,40 @@ begin
 end
 $$;
 
+-- A request as PostgREST makes it: the JWT's claims in request.jwt.claims and its role set for
+-- the rest of the transaction; a null role is the test's own superuser session again.
+create or replace function tests.act_as(role text, claims json) returns void
+language plpgsql set search_path = '' as $$
+begin
+  perform set_config('request.jwt.claims', claims::text, true);
+  if role is null then
+    execute 'reset role';
+  else
+    execute format('set local role %I', role);
+  end if;
+end
+$$;
+
 -- Act as the signed-in user named `identifier`, exactly as PostgREST does for a request with
 -- that user's JWT.
 create or replace function tests.authenticate_as(identifier text) returns void
-language plpgsql set search_path = '' as $$
-begin
-  perform set_config('request.jwt.claims',
-    json_build_object('sub', tests.get_supabase_uid(identifier), 'role', 'authenticated',
-                      'aud', 'authenticated')::text, true);
-  execute 'set local role authenticated';
-end
+language sql set search_path = '' as $$
+  select tests.act_as('authenticated', json_build_object(
+    'sub', tests.get_supabase_uid(identifier), 'role', 'authenticated', 'aud', 'authenticated'));
 $$;
 
 -- Act as the anon key.
 create or replace function tests.authenticate_as_anon() returns void
-language plpgsql set search_path = '' as $$
-begin
-  perform set_config('request.jwt.claims', json_build_object('role', 'anon')::text, true);
-  execute 'set local role anon';
-end
-$$;
+language sql set search_path = '' as $$ select tests.act_as('anon', json_build_object('role', 'anon')); $$;
 
 -- Act as the service_role key.
 create or replace function tests.authenticate_as_service_role() returns void
-language plpgsql set search_path = '' as $$
-begin
-  perform set_config('request.jwt.claims', json_build_object('role', 'service_role')::text, true);
-  execute 'set local role service_role';
-end
+language sql set search_path = '' as $$
+  select tests.act_as('service_role', json_build_object('role', 'service_role'));
 $$;
 
 -- Back to the test's own superuser session.
 create or replace function tests.clear_authentication() returns void
-language plpgsql set search_path = '' as $$
-begin
-  perform set_config('request.jwt.claims', null, true);
-  execute 'reset role';
-end
-$$;
+language sql set search_path = '' as $$ select tests.act_as(null, null); $$;
 
 grant execute on all functions in schema tests to anon, authenticated, service_role;

@@ -13,6 +13,7 @@
 // test first checks no real user has; the one fuzz user that exists (so that bodies signed
 // or authorized for it are refused for what they say, not for who sends them) is created in
 // that namespace.
+// What it covers and what it found: docs/faults.md.
 import assert from "node:assert/strict";
 import { functions } from "../../functions/_serve/registry.ts";
 import { ANON_KEY, JWT_SECRET, SERVICE_ROLE_KEY } from "../_lib/env.ts";

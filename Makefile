@@ -56,7 +56,7 @@ test: install ## Run every suite: lint, pgTAP, migrations, advisors, deploy, Den
 test-db: install ## The pgTAP suites (tests/db), as a DBA runs them with pg_prove
 	@$(S)/test.sh db
 
-test-migrations: install ## Up/down/up of every migration, dbmate, supabase db push
+test-migrations: install ## Up/down/up of every migration, dbmate, supabase db push; make start/status (tests/migrations.sh, tests/stack.sh)
 	@$(S)/test.sh migrations
 
 test-functions: install ## The edge functions over HTTP (tests/functions)

@@ -1,5 +1,8 @@
 // Benchmark plumbing: arguments, HdrHistogram percentiles, a progress bar, rate pacing.
 import * as hdr from "hdr-histogram-js";
+import { sleep } from "../tests/_lib/test.ts";
+
+export { sleep };
 
 export interface Args {
   users: number;
@@ -62,6 +65,17 @@ export function parseArgs(argv: string[]): Args {
   }
   if (args.pollingDuration < 0) args.pollingDuration = args.duration;
   return args;
+}
+
+/** The value after `--name` on the command line, else `fallback` (bench/push.ts, realtime.ts). */
+export function flag(name: string, fallback: string, argv = Deno.args): string {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? argv[i + 1] : fallback;
+}
+
+/** A number after `--name` on the command line, else `fallback`. */
+export function numberFlag(name: string, fallback: number, argv = Deno.args): number {
+  return Number(flag(name, String(fallback), argv));
 }
 
 /** Latencies in microseconds, reported in milliseconds. */
@@ -136,8 +150,6 @@ export async function paced(
   );
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 export function progress(label: string, done: number, total: number, extra = ""): void {
   if (!Deno.stderr.isTerminal() && done < total && Math.floor(done) % 10 !== 0) return;
   const width = 30;
@@ -149,18 +161,6 @@ export function progress(label: string, done: number, total: number, extra = "")
   const enc = new TextEncoder();
   Deno.stderr.writeSync(enc.encode(Deno.stderr.isTerminal() ? `\r${line}\x1b[K` : `${line}\n`));
   if (done >= total && Deno.stderr.isTerminal()) Deno.stderr.writeSync(enc.encode("\n"));
-}
-
-/** Deterministic PRNG (mulberry32), so every run loads the same users. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** CPU time (user + system, seconds) a process has used so far, from /proc (Linux). */

@@ -7,11 +7,13 @@
 //
 //   node_modules/.bin/deno run -A bench/presence.ts [--users 50000] [--duration 10]
 //     [--warmup 2] [--concurrency 16] [--batches 1,100,1000|none] [--keep] [--json]
-// DB_URL, FUNCTIONS_URL, REDIS_URL and PRESENCE_WEBHOOK_SECRET override supabase/local.env
-// (e.g. DB_URL=<scratch database> with --batches none measures the SQL part alone).
+// The stack's settings come from the environment scripts/lib.sh exports (tests/_lib/env.ts);
+// DB_URL=<scratch database> with --batches none measures the SQL part alone.
 import * as hdr from "hdr-histogram-js";
 import postgres from "postgres";
 import { Redis } from "ioredis";
+import { signBody } from "../functions/_shared/auth.ts";
+import { DB_URL, FUNCTIONS_URL, REDIS_URL, WEBHOOK_SECRET } from "../tests/_lib/env.ts";
 
 interface Options {
   users: number;
@@ -54,27 +56,7 @@ function options(argv: string[]): Options {
   return o;
 }
 
-// The stack's settings: the environment, else supabase/local.env (what make status prints).
-async function settings(): Promise<Record<string, string>> {
-  const root = new URL("..", import.meta.url).pathname;
-  const local: Record<string, string> = {};
-  for (const line of (await Deno.readTextFile(`${root}supabase/local.env`)).split("\n")) {
-    const m = /^([A-Z_]+)=(.*)$/.exec(line.trim());
-    if (m) local[m[1]] = m[2];
-  }
-  const get = (name: string) => Deno.env.get(name) ?? local[name];
-  return {
-    functionsUrl: Deno.env.get("FUNCTIONS_URL") ??
-      `http://127.0.0.1:${get("FUNCTIONS_PORT")}/functions/v1`,
-    dbUrl: Deno.env.get("DB_URL") ??
-      `postgresql://postgres:${get("POSTGRES_PASSWORD")}@127.0.0.1:${get("PG_PORT")}/postgres`,
-    redisUrl: Deno.env.get("REDIS_URL") ?? `redis://127.0.0.1:${get("REDIS_PORT")}`,
-    secret: get("PRESENCE_WEBHOOK_SECRET"),
-  };
-}
-
 const EMAIL_LIKE = "bench-presence-%@sltr.bench";
-const encoder = new TextEncoder();
 
 class Latency {
   readonly h = hdr.build({
@@ -103,16 +85,8 @@ function clock(): () => string {
 
 async function main(): Promise<void> {
   const o = options(Deno.args);
-  const s = await settings();
-  const db = postgres(s.dbUrl, { max: 4, onnotice: () => {} });
-  const redis = new Redis(s.redisUrl, { maxRetriesPerRequest: 1 });
-  const key = await crypto.subtle.importKey(
-    "raw",
-    encoder.encode(s.secret),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
+  const db = postgres(DB_URL, { max: 4, onnotice: () => {} });
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
   const log = (msg: string) => console.error(`[bench] ${msg}`);
   const results: Record<string, unknown> = {
     users: o.users,
@@ -153,7 +127,7 @@ async function main(): Promise<void> {
     log(`created ${o.users} users in ${Math.round(performance.now() - t)} ms`);
 
     // ---- webhook throughput ----
-    const webhook = `${s.functionsUrl}/presence-webhook`;
+    const webhook = `${FUNCTIONS_URL}/presence-webhook`;
     const now = clock();
     const webhookResults: Record<string, unknown>[] = [];
     for (const size of o.batches) {
@@ -186,13 +160,7 @@ async function main(): Promise<void> {
               : { user_id: ids[(first + i) % ids.length], status: "offline", at: now() };
           });
           const body = JSON.stringify({ events: batch });
-          const ts = Math.floor(Date.now() / 1000);
-          const mac = new Uint8Array(
-            await crypto.subtle.sign("HMAC", key, encoder.encode(`${ts}.${body}`)),
-          );
-          const signature = `t=${ts},v1=${
-            Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join("")
-          }`;
+          const signature = await signBody(WEBHOOK_SECRET, body);
           const sent = performance.now();
           let res: Response;
           let answer: { accepted?: number; degraded?: boolean };

@@ -20,32 +20,28 @@ import postgres from "postgres";
 import { createSltrClient, type SltrClient, type StatusChange } from "../client/mod.ts";
 import { signBody } from "../functions/_shared/auth.ts";
 import { localUserJwt } from "../scripts/token.ts";
-import { CITIES, cpuSeconds, Latency, sleep } from "./lib.ts";
+import { CITIES, cpuSeconds, flag, Latency, numberFlag, sleep } from "./lib.ts";
 import { PLANS } from "../realtime/config.ts";
+import {
+  ANON_KEY as ANON,
+  API_URL,
+  DB_URL,
+  SERVICE_ROLE_KEY as SERVICE,
+  STATE_DIR,
+  WEBHOOK_SECRET as SECRET,
+} from "../tests/_lib/env.ts";
 
-const argv = Deno.args;
-const num = (name: string, fallback: number) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(argv[i + 1]) : fallback;
-};
-const ONLINE = num("online", 50_000);
+const ONLINE = numberFlag("online", 50_000);
 const OFFLINE = Math.round(ONLINE / 4);
 const TOTAL = ONLINE + OFFLINE;
-const CLIENTS = num("clients", 500);
-const DURATION = num("duration", 120);
-const WARMUP = num("warmup", 30);
+const CLIENTS = numberFlag("clients", 500);
+const DURATION = numberFlag("duration", 120);
+const WARMUP = numberFlag("warmup", 30);
 const FAVORITES = 20;
 const SCREEN = 50;
-const OUT = (() => {
-  const i = argv.indexOf("--out");
-  return i >= 0 ? argv[i + 1] : "bench/results";
-})();
+const OUT = flag("out", "bench/results");
 
-const API_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
-const ANON = Deno.env.get("SUPABASE_ANON_KEY")!;
-const SERVICE = Deno.env.get("SUPABASE_SERVICE_ROLE_KEY")!;
-const SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
-const direct = postgres(Deno.env.get("DB_URL")!, {
+const direct = postgres(DB_URL, {
   max: 2,
   onnotice: () => {},
   connection: { application_name: "sltr-bench-direct" },
@@ -319,7 +315,7 @@ log(
   } s`,
 );
 const serverPid = Number(
-  (await Deno.readTextFile(`${Deno.env.get("SLTR_ROOT") ?? "."}/.state/run/functions.pid`)).trim(),
+  (await Deno.readTextFile(`${STATE_DIR}/run/functions.pid`)).trim(),
 );
 
 /** Runs one measured phase of DURATION seconds. */

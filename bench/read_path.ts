@@ -8,9 +8,11 @@
 //   deno run -A bench/read_path.ts --users 50000 [--seconds 8] [--keep | --load-only]
 import postgres from "postgres";
 import { Redis } from "ioredis";
-import { SignJWT } from "jose";
 import * as hdr from "hdr-histogram-js";
-import { rng } from "./lib.ts";
+import { signJwt } from "../scripts/token.ts";
+import { DB_URL, FUNCTIONS_URL, JWT_SECRET, POOLER_URL, REDIS_URL } from "../tests/_lib/env.ts";
+import { freePort } from "../tests/_lib/ports.ts";
+import { rng } from "../tests/_lib/rng.ts";
 
 // ---- settings ------------------------------------------------------------------------------
 
@@ -27,14 +29,6 @@ for (let i = 0; i < Deno.args.length; i++) {
 }
 if (!(args.users >= 1000) || !(args.seconds > 0)) throw new Error("--users >= 1000, --seconds > 0");
 
-const DB_URL = Deno.env.get("DB_URL") ?? "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
-const POOLER_URL = Deno.env.get("POOLER_URL") ??
-  "postgresql://postgres:postgres@127.0.0.1:54329/postgres";
-const REDIS_URL = Deno.env.get("REDIS_URL") ?? "redis://127.0.0.1:54379";
-const FUNCTIONS_URL = Deno.env.get("FUNCTIONS_URL") ??
-  `${Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321"}/functions/v1`;
-const JWT_SECRET = Deno.env.get("SUPABASE_JWT_SECRET") ??
-  "super-secret-jwt-token-with-at-least-32-characters-long";
 const DOMAIN = "read-path.bench";
 const RADIUS = 5000;
 const LIMIT = 50;
@@ -47,7 +41,7 @@ const pooled = postgres(POOLER_URL, { max: 1, prepare: false, onnotice: () => {}
 const prepared = postgres(DB_URL, { max: 1, prepare: true, onnotice: () => {} });
 const redis = new Redis(REDIS_URL);
 
-// Deterministic (bench/lib.ts rng), so every run asks the same questions.
+// Deterministic (tests/_lib/rng.ts), so every run asks the same questions.
 const random = rng(42);
 const pick = <T>(xs: T[]) => xs[Math.floor(random() * xs.length)];
 const userId = (n: number) => `c0ffee00-0000-4000-8000-${n.toString(16).padStart(12, "0")}`;
@@ -229,13 +223,6 @@ async function nearbyGist(lat: number, lng: number): Promise<number> {
   return rows.length;
 }
 
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
 async function compare(points: { lat: number; lng: number }[]) {
   // A private Redis for the geo set, so the shared one never holds 50,000 extra members.
   const port = freePort();
@@ -352,12 +339,14 @@ async function main() {
     return { lat: 43 + random() * 12, lng: -2 + random() * 20 };
   });
   const tokens = await Promise.all(
-    Array.from({ length: 200 }, () =>
-      new SignJWT({ role: "authenticated", aud: "authenticated" })
-        .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-        .setSubject(pick(online).id)
-        .setExpirationTime("2h")
-        .sign(new TextEncoder().encode(JWT_SECRET))),
+    Array.from(
+      { length: 200 },
+      () =>
+        signJwt({ role: "authenticated", aud: "authenticated" }, JWT_SECRET, {
+          sub: pick(online).id,
+          expiresIn: "2h",
+        }),
+    ),
   );
   const ids = (n: number) =>
     Array.from({ length: n }, () => userId(1 + Math.floor(random() * args.users)));

@@ -11,32 +11,23 @@
 // stack must be running (make start).
 import postgres from "postgres";
 import { createSltrClient } from "../client/mod.ts";
-import { startFunctionsServer, userJwt } from "../tests/functions/_helpers.ts";
-import { FreezableProxy } from "../tests/_lib/proxy.ts";
+import { userJwt } from "../tests/_lib/jwt.ts";
+import { startBridge, startFunctionsServer } from "../tests/_lib/servers.ts";
+import { eventually } from "../tests/_lib/test.ts";
 import {
   createUsers,
   database,
   deleteUsers,
-  eventually,
   onlineMap,
-  startBridge,
   ticketFor,
 } from "../tests/realtime/_helpers.ts";
-import { cpuSeconds, Latency, rssMiB, sleep } from "./lib.ts";
+import { FreezableProxy } from "../tests/_lib/proxy.ts";
+import { cpuSeconds, flag, Latency, numberFlag, rssMiB, sleep } from "./lib.ts";
+import { ANON_KEY as ANON, DB_URL, SERVICE_ROLE_KEY as SERVICE } from "../tests/_lib/env.ts";
 
-const argv = Deno.args;
-const arg = (name: string, fallback: number) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(argv[i + 1]) : fallback;
-};
-const CONNECTIONS = arg("connections", 10_000);
-const SAMPLES = arg("samples", 50);
-const OUT = (() => {
-  const i = argv.indexOf("--out");
-  return i >= 0 ? argv[i + 1] : "bench/results";
-})();
-const ANON = Deno.env.get("SUPABASE_ANON_KEY")!;
-const SERVICE = Deno.env.get("SUPABASE_SERVICE_ROLE_KEY")!;
+const CONNECTIONS = numberFlag("connections", 10_000);
+const SAMPLES = numberFlag("samples", 50);
+const OUT = flag("out", "bench/results");
 const HERE = { lat: 48.8566, lng: 2.3522 };
 
 const log = (msg: string) => console.error(`[realtime bench] ${msg}`);
@@ -48,7 +39,7 @@ async function server(env: Record<string, string>) {
     REALTIME_MAX_EVENTS_PER_SECOND: "10000000",
     REALTIME_MAX_PRESENCE_EVENTS_PER_SECOND: "1000000",
     REALTIME_MAX_CHANNELS_PER_CLIENT: "1000",
-    REALTIME_REPLICATION_DB_URL: Deno.env.get("DB_URL")!,
+    REALTIME_REPLICATION_DB_URL: DB_URL,
     ...env,
   });
   return { ...s, base: s.url.replace(/\/functions\/v1$/, ""), pid: s.child.pid };
@@ -186,7 +177,7 @@ async function joins(base: string, pid: number, isPrivate: boolean) {
 }
 
 async function databaseBroadcasts(base: string, pid: number, sockets: Bare[]) {
-  const sql = postgres(Deno.env.get("DB_URL")!, { max: 1, onnotice: () => {} });
+  const sql = postgres(DB_URL, { max: 1, onnotice: () => {} });
   const topic = `bench-db-${crypto.randomUUID()}`;
   try {
     // One private member.

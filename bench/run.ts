@@ -9,7 +9,6 @@
 //   deno run -A bench/run.ts --users 50000 --online-ratio 0.1 --duration 120
 import postgres from "postgres";
 import { Redis } from "ioredis";
-import { signBody } from "../functions/_shared/auth.ts";
 import { localUserJwt } from "../scripts/token.ts";
 import {
   Args,
@@ -19,24 +18,25 @@ import {
   paced,
   parseArgs,
   progress,
-  rng,
   sleep,
   treeCpuSeconds,
 } from "./lib.ts";
 import { ID_PREFIX, idOf, Population } from "./population.ts";
 import { writeReport } from "./report.ts";
+import {
+  DB_URL,
+  FUNCTIONS_URL,
+  POOLER_URL,
+  REDIS_URL,
+  REPLICA_DB_URL,
+  SERVICE_ROLE_KEY,
+  STATE_DIR as STATE,
+} from "../tests/_lib/env.ts";
+import { rng } from "../tests/_lib/rng.ts";
+import { postSignedEvents as signedPost } from "../tests/_lib/webhook.ts";
 
 const args: Args = parseArgs(Deno.args);
-const FUNCTIONS_URL = Deno.env.get("FUNCTIONS_URL") ??
-  `${Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321"}/functions/v1`;
-const DB_URL = Deno.env.get("DB_URL") ?? "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
-const POOLER_URL = Deno.env.get("POOLER_URL") ??
-  "postgresql://postgres:postgres@127.0.0.1:54329/postgres";
-const WEBHOOK_SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET") ??
-  "local-presence-webhook-secret-do-not-use-in-production";
-const ROOT = Deno.env.get("SLTR_ROOT") ?? ".";
-const STATE = Deno.env.get("SLTR_STATE_DIR") ?? `${ROOT}/.state`;
-const redis = new Redis(Deno.env.get("REDIS_URL") ?? "redis://127.0.0.1:54379", {
+const redis = new Redis(REDIS_URL, {
   maxRetriesPerRequest: 1,
 });
 
@@ -61,7 +61,6 @@ const monitor = postgres(DB_URL, {
 });
 // The read replica, when the stack has one (REPLICA_DB_URL): its lag, its statements, and
 // status as a client reading it would see it.
-const REPLICA_DB_URL = Deno.env.get("REPLICA_DB_URL");
 const replicaDb = REPLICA_DB_URL
   ? postgres(REPLICA_DB_URL, {
     max: 2,
@@ -137,18 +136,6 @@ async function userJwt(n: number): Promise<string> {
   let t = tokens.get(n);
   if (!t) tokens.set(n, t = await localUserJwt(idOf(n)));
   return t;
-}
-
-async function signedPost(events: unknown[]): Promise<Response> {
-  const body = JSON.stringify({ events });
-  return await fetch(`${FUNCTIONS_URL}/presence-webhook`, {
-    method: "POST",
-    headers: {
-      "content-type": "application/json",
-      "x-sltr-signature": await signBody(WEBHOOK_SECRET, body),
-    },
-    body,
-  });
 }
 
 async function timed(h: Latency, fn: () => Promise<Response>): Promise<Response | undefined> {
@@ -355,7 +342,7 @@ async function replicaLagMs(): Promise<{ replica: number; primary: number | null
 /** Reads by route, as the functions server counts them (sltr_db_reads_total). */
 async function readRoutes(): Promise<Record<string, number>> {
   const res = await fetch(`${FUNCTIONS_URL}/metrics`, {
-    headers: { authorization: `Bearer ${Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") ?? ""}` },
+    headers: { authorization: `Bearer ${SERVICE_ROLE_KEY}` },
   }).catch(() => undefined);
   const text = res?.ok ? await res.text() : "";
   const routes: Record<string, number> = {};

@@ -8,6 +8,8 @@
 //   const me = await sltr.realtime.trackPresence(userId, { lat, lng });
 //   sltr.realtime.onStatusChanges((changes) => update(changes));
 //   const nearby = await sltr.api.nearbyOnline({ lat, lng, radiusM: 2000 });
+//
+// Documented in docs/realtime.md ("The client module").
 import {
   createClient,
   type SupabaseClient,

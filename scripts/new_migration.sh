@@ -19,8 +19,8 @@ for dir in migrations rollbacks; do
 done
 
 cat >"$ROOT/migrations/$file" <<SQL
--- ${name//_/ }: what this migration changes and why (one paragraph; the README's table of
--- migrations gets a line too).
+-- ${name//_/ }: what this migration changes and why (one paragraph; the table in
+-- migrations/README.md gets a line too).
 set local lock_timeout = '5s';
 set local statement_timeout = '5min';
 

@@ -292,7 +292,7 @@ case "${1:-}" in
     start_redis
     bootstrap_db
     "$ROOT/scripts/db.sh" migrate
-    # The functions' role gets its login here, as the platform would give it (README: deploy).
+    # The functions' role gets its login here, as the platform would give it (docs/deploy.md).
     echo "alter role sltr_functions login password :'pw'" |
       psql_db -d postgres -v pw="$FUNCTIONS_DB_PASSWORD" >/dev/null
     psql_db -d postgres -f "$ROOT/seed.sql" >/dev/null

@@ -13,18 +13,30 @@ export function seedUserId(n: number): string {
   }`;
 }
 
+/**
+ * A JWT signed HS256 with `secret`, as GoTrue signs them: `claims` as given, `iat` now, `exp`
+ * after `expiresIn` (a jose time span such as "1h", or seconds since the epoch; `false`: no
+ * exp at all), `sub` when given. Every token minted here, by the demo, the tests and the
+ * benchmarks, is made by this function.
+ */
+export async function signJwt(
+  claims: Record<string, unknown>,
+  secret: string,
+  opts: { sub?: string; expiresIn?: string | number | false } = {},
+): Promise<string> {
+  const jwt = new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setIssuedAt();
+  if (opts.sub !== undefined) jwt.setSubject(opts.sub);
+  if (opts.expiresIn !== false) jwt.setExpirationTime(opts.expiresIn ?? "1h");
+  return await jwt.sign(new TextEncoder().encode(secret));
+}
+
 /** A signed-in user's access token (role authenticated), valid for an hour. */
 export async function localUserJwt(
   sub: string,
   secret = Deno.env.get("JWT_SECRET") ?? Deno.env.get("SUPABASE_JWT_SECRET"),
 ): Promise<string> {
   if (!secret) throw new Error("JWT_SECRET is not set (make status prints it)");
-  return await new SignJWT({ role: "authenticated", aud: "authenticated" })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setSubject(sub)
-    .setIssuedAt()
-    .setExpirationTime("1h")
-    .sign(new TextEncoder().encode(secret));
+  return await signJwt({ role: "authenticated", aud: "authenticated" }, secret, { sub });
 }
 
 if (import.meta.main) {

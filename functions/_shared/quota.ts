@@ -5,6 +5,7 @@
 // scripts take a token in the same round trip as the read. The database applies the same
 // limits to the RPCs clients call directly (private.check_request_quota, PostgREST's
 // db-pre-request hook). Redis down: not enforced (the Postgres fallback is bounded anyway).
+// The quotas and the probe limit, and why: docs/read-path.md, docs/privacy.md.
 import type { Redis } from "ioredis";
 import { HttpError } from "./http.ts";
 import { runScript } from "./redis.ts";

@@ -6,6 +6,7 @@
 // the slowest statement's p95 estimate, pg_cron job health and the alerts firing now.
 // A scrape still answers 200 when Postgres or Redis is down: sltr_database_up and
 // sltr_redis_up say so, and the database figures are left out rather than reported stale.
+// Every metric and alert, and what to look at first: docs/monitoring.md.
 import { Gauge, Registry } from "prom-client";
 import { requireJwt } from "../_shared/auth.ts";
 import { query } from "../_shared/db.ts";

@@ -6,6 +6,7 @@
 // find_nearby_online_users computes them. "cached": answered from the index. While the index is
 // being built (a cold Redis), from Postgres. Redis down: from Postgres with "degraded": true.
 // Postgres down: 503 + Retry-After (unless the index can answer).
+// The read path, end to end: docs/read-path.md.
 import { z } from "zod";
 import { requireUser } from "../_shared/auth.ts";
 import { fallback } from "../_shared/db.ts";

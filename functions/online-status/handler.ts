@@ -5,6 +5,7 @@
 // minutes); ids the index does not hold (users it has never seen since it was built) come from
 // the RPC in one query. Users that do not exist are absent; the order is the request's.
 // "cached": no database statement. Redis down: from the RPC, "degraded": true.
+// The read path, end to end: docs/read-path.md.
 import { z } from "zod";
 import { requireUser } from "../_shared/auth.ts";
 import { fallback } from "../_shared/db.ts";

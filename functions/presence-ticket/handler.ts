@@ -3,6 +3,7 @@
 // Realtime presence payload ({user_id, proof, lat?, lng?}), which the presence bridge checks
 // before it believes that presence (functions/_shared/presence_ticket.ts). It names the
 // caller and nobody else, and lives PRESENCE_TICKET_TTL_SECONDS (default 15 minutes).
+// Why presence needs a ticket: docs/realtime.md ("Presence nobody can forge").
 import { requireUser } from "../_shared/auth.ts";
 import { env } from "../_shared/env.ts";
 import { HttpError, json, requireMethod, serveJson } from "../_shared/http.ts";

@@ -6,6 +6,7 @@
 // private.ingest_presence. 202 {"accepted", "ignored"} only once the batch is committed in
 // Postgres (the record); Redis is written after that, and a failure there is only reported
 // ("degraded": true). validation.ts says what is accepted, write_through.ts what Redis gets.
+// The write path, end to end: docs/write-path.md.
 import type postgres from "postgres";
 import { query } from "../_shared/db.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";

@@ -1,14 +1,14 @@
 // A benchmark is not a test: this only checks that a 5-second run produces a well-formed report.
 import assert from "node:assert/strict";
+import { ROOT } from "../_lib/env.ts";
 
 Deno.test("a_five_second_benchmark_writes_a_well_formed_report", async () => {
   const out = await Deno.makeTempDir({ prefix: "sltr-bench-" });
-  const root = Deno.env.get("SLTR_ROOT") ?? ".";
   const { code, stderr } = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "-A",
-      `${root}/bench/run.ts`,
+      `${ROOT}/bench/run.ts`,
       "--smoke",
       "--users",
       "2000",

@@ -3,15 +3,10 @@
 // PostgREST does, on the real database; PostgREST itself cannot run here).
 import assert from "node:assert/strict";
 import { SltrApi, SltrApiError } from "../../client/mod.ts";
-import { userJwt } from "../functions/_helpers.ts";
-import {
-  ANON_KEY,
-  client,
-  createUsers,
-  database,
-  deleteUsers,
-  test,
-} from "../realtime/_helpers.ts";
+import { ANON_KEY } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { test } from "../_lib/test.ts";
+import { client, createUsers, database, deleteUsers } from "../realtime/_helpers.ts";
 
 test("the_api_calls_the_functions_with_the_users_jwt", async () => {
   const sql = database();

@@ -1,8 +1,7 @@
 // client/database.types.ts is generated from the schema (make types); this fails when a
 // migration changed the schema and nobody regenerated it.
 import assert from "node:assert/strict";
-
-const ROOT = Deno.env.get("SLTR_ROOT") ?? ".";
+import { ROOT } from "../_lib/env.ts";
 
 Deno.test("the_committed_database_types_match_the_schema", async () => {
   const out = await new Deno.Command("bash", {

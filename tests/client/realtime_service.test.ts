@@ -9,18 +9,17 @@ import {
   STATUS_TOPIC,
   type StatusChange,
 } from "../../client/mod.ts";
-import { startFunctionsServer, userJwt } from "../functions/_helpers.ts";
+import { SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { startFunctionsServer } from "../_lib/servers.ts";
+import { eventually, sleep, test } from "../_lib/test.ts";
 import {
   client,
   closeClient,
   createUsers,
   database,
   deleteUsers,
-  eventually,
-  SERVICE_ROLE_KEY,
-  sleep,
   subscribed,
-  test,
   ticketFor,
 } from "../realtime/_helpers.ts";
 

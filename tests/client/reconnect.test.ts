@@ -7,17 +7,7 @@ import assert from "node:assert/strict";
 import { ReconnectPolicy } from "../../client/reconnect.ts";
 import { PLANS } from "../../realtime/config.ts";
 import { RateCounter } from "../../realtime/rate_counter.ts";
-
-/** Seeded PRNG, so the simulated storm is the same every run. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from "../_lib/rng.ts";
 
 /** The highest average the server computes at any tick while `clients` reconnect. */
 function stormPeak(clients: number, channelsPerClient: number, warmJoinsPerSecond: number) {
@@ -27,7 +17,7 @@ function stormPeak(clients: number, channelsPerClient: number, warmJoinsPerSecon
     counter.add(warmJoinsPerSecond * 5);
     counter.tick();
   }
-  const random = mulberry32(42);
+  const random = rng(42); // seeded: the simulated storm is the same every run
   const buckets: number[] = [];
   for (let i = 0; i < clients; i++) {
     const policy = new ReconnectPolicy({ random });

@@ -83,8 +83,8 @@ select throws_ok($$select private.flush_presence()$$, '42501', null, 'anon is re
 select throws_ok($$select private.expire_stale_presence()$$, '42501', null, 'anon is refused expire_stale_presence');
 select tests.clear_authentication();
 
-select tests.create_user('signed-in@presence.test') as signed_in \gset
-select tests.authenticate_as(:'signed_in');
+select tests.create_supabase_user('signed_in', 'signed-in@presence.test');
+select tests.authenticate_as('signed_in');
 select throws_ok($$select private.ingest_presence('[]')$$, '42501', null, 'a signed-in user is refused ingest_presence');
 select throws_ok($$select private.flush_presence()$$, '42501', null, 'a signed-in user is refused flush_presence');
 select throws_ok($$select private.expire_stale_presence()$$, '42501', null,
@@ -103,10 +103,10 @@ select results_eq(
 -- From here on, the migration as it was first written: its rollback, then the migration again
 -- (in public, where 20261102000000_presence_buffer.sql puts its functions).
 
-select tests.create_user('pending@presence.test') as pending \gset
-update public.profiles set last_seen_at = now() - interval '1 minute' where id = :'pending';
+select tests.create_supabase_user('pending', 'pending@presence.test');
+update public.profiles set last_seen_at = now() - interval '1 minute' where id = tests.get_supabase_uid('pending');
 select from private.ingest_presence(jsonb_build_array(jsonb_build_object(
-  'user_id', :'pending', 'status', 'online', 'at', now() - interval '10 seconds', 'lat', 1.5, 'lng', 2.5)));
+  'user_id', tests.get_supabase_uid('pending'), 'status', 'online', 'at', now() - interval '10 seconds', 'lat', 1.5, 'lng', 2.5)));
 -- Profiles other suites cannot be creating or deleting meanwhile: the seed's and this file's.
 select count(*) as profiles_before from public.profiles as p join auth.users as u on u.id = p.id
 where u.email like 'seed-user-%@sltr.local' or u.email like '%@presence.test' \gset
@@ -123,7 +123,7 @@ select is(
    where u.email like 'seed-user-%@sltr.local' or u.email like '%@presence.test'),
   :'profiles_before'::bigint, 'the rollback keeps every profile');
 select results_eq(
-  format($$select is_online, last_seen_at, latitude, longitude from public.profiles where id = %L$$, :'pending'),
+  format($$select is_online, last_seen_at, latitude, longitude from public.profiles where id = %L$$, tests.get_supabase_uid('pending')),
   $$values (true, now() - interval '10 seconds', 1.5::float8, 2.5::float8)$$,
   'the rollback applies events still buffered instead of dropping them');
 
@@ -137,68 +137,68 @@ select results_eq(
 -- ---- ingest_presence ------------------------------------------------------------------------
 -- From here on the buffer is the one created just above: only this transaction's rows.
 
-select tests.create_user('a@presence.test') as a \gset
-select tests.create_user('b@presence.test') as b \gset
-select tests.create_user('older@presence.test') as older \gset
-update public.profiles set last_seen_at = now() - interval '1 minute' where id = :'older';
+select tests.create_supabase_user('a', 'a@presence.test');
+select tests.create_supabase_user('b', 'b@presence.test');
+select tests.create_supabase_user('older', 'older@presence.test');
+update public.profiles set last_seen_at = now() - interval '1 minute' where id = tests.get_supabase_uid('older');
 
 select tests.authenticate_as_service_role();
 
 select is(
   public.ingest_presence(jsonb_build_array(
-    jsonb_build_object('user_id', :'a', 'status', 'online', 'at', now() - interval '30 seconds', 'lat', 52.5, 'lng', 13.4),
-    jsonb_build_object('user_id', :'a', 'status', 'offline', 'at', now() - interval '40 seconds'),
-    jsonb_build_object('user_id', :'b', 'status', 'online', 'at', now() - interval '30 seconds'),
+    jsonb_build_object('user_id', tests.get_supabase_uid('a'), 'status', 'online', 'at', now() - interval '30 seconds', 'lat', 52.5, 'lng', 13.4),
+    jsonb_build_object('user_id', tests.get_supabase_uid('a'), 'status', 'offline', 'at', now() - interval '40 seconds'),
+    jsonb_build_object('user_id', tests.get_supabase_uid('b'), 'status', 'online', 'at', now() - interval '30 seconds'),
     jsonb_build_object('user_id', gen_random_uuid(), 'status', 'online', 'at', now()))),
   '{"accepted": 3, "ignored": 1}'::jsonb,
   'service_role ingests a batch; an unknown user is ignored');
 select results_eq(
   format($$select user_id, is_online, event_at, latitude, longitude from public.presence_buffer
-           where user_id in (%L, %L) order by latitude nulls last$$, :'a', :'b'),
+           where user_id in (%L, %L) order by latitude nulls last$$, tests.get_supabase_uid('a'), tests.get_supabase_uid('b')),
   format($$values (%L::uuid, true, now() - interval '30 seconds', 52.5::float8, 13.4::float8),
-                  (%L::uuid, true, now() - interval '30 seconds', null, null)$$, :'a', :'b'),
+                  (%L::uuid, true, now() - interval '30 seconds', null, null)$$, tests.get_supabase_uid('a'), tests.get_supabase_uid('b')),
   'the buffer holds each user''s newest event of the batch');
 select is(
   public.ingest_presence(jsonb_build_array(
-    jsonb_build_object('user_id', :'a', 'status', 'online', 'at', now() - interval '30 seconds', 'lat', 52.5, 'lng', 13.4),
-    jsonb_build_object('user_id', :'b', 'status', 'online', 'at', now() - interval '30 seconds'))),
+    jsonb_build_object('user_id', tests.get_supabase_uid('a'), 'status', 'online', 'at', now() - interval '30 seconds', 'lat', 52.5, 'lng', 13.4),
+    jsonb_build_object('user_id', tests.get_supabase_uid('b'), 'status', 'online', 'at', now() - interval '30 seconds'))),
   '{"accepted": 0, "ignored": 2}'::jsonb,
   'a replayed batch is ignored (idempotent)');
 select is(
   public.ingest_presence(jsonb_build_array(
-    jsonb_build_object('user_id', :'a', 'status', 'offline', 'at', now() - interval '35 seconds'),
-    jsonb_build_object('user_id', :'older', 'status', 'online', 'at', now() - interval '2 minutes'))),
+    jsonb_build_object('user_id', tests.get_supabase_uid('a'), 'status', 'offline', 'at', now() - interval '35 seconds'),
+    jsonb_build_object('user_id', tests.get_supabase_uid('older'), 'status', 'online', 'at', now() - interval '2 minutes'))),
   '{"accepted": 0, "ignored": 2}'::jsonb,
   'events older than the buffered event or than profiles.last_seen_at are ignored');
 select is(
   public.ingest_presence(jsonb_build_array(
-    jsonb_build_object('user_id', :'a', 'status', 'offline', 'at', now() - interval '20 seconds'))),
+    jsonb_build_object('user_id', tests.get_supabase_uid('a'), 'status', 'offline', 'at', now() - interval '20 seconds'))),
   '{"accepted": 1, "ignored": 0}'::jsonb,
   'a newer event is accepted');
 select results_eq(
-  format($$select is_online, event_at, latitude from public.presence_buffer where user_id = %L$$, :'a'),
+  format($$select is_online, event_at, latitude from public.presence_buffer where user_id = %L$$, tests.get_supabase_uid('a')),
   $$values (false, now() - interval '20 seconds', 52.5::float8)$$,
   'the newer event wins and the last known location is kept');
 
 select throws_ok($$select public.ingest_presence('{"events": []}')$$, '22023', 'events must be a JSON array',
   'a non-array is refused');
 select throws_ok(
-  format($$select public.ingest_presence('[{"user_id": "%s", "status": "away", "at": "2026-01-01T00:00:00Z"}]')$$, :'a'),
+  format($$select public.ingest_presence('[{"user_id": "%s", "status": "away", "at": "2026-01-01T00:00:00Z"}]')$$, tests.get_supabase_uid('a')),
   '22023', 'events[0]: status must be the string (on|off)line', 'an unknown status is refused');
 select throws_ok(
-  format($$select public.ingest_presence('[{"user_id": "%s", "status": "online", "at": "2026-01-01T00:00:00Z", "lat": 90.5, "lng": 0}]')$$, :'a'),
+  format($$select public.ingest_presence('[{"user_id": "%s", "status": "online", "at": "2026-01-01T00:00:00Z", "lat": 90.5, "lng": 0}]')$$, tests.get_supabase_uid('a')),
   '22023', 'events[0]: lat must be between -90 and 90', 'an out-of-range latitude is refused');
 select throws_ok(
-  format($$select public.ingest_presence('[{"user_id": "%s", "status": "online", "at": "2026-01-01T00:00:00Z", "lng": 0}]')$$, :'a'),
+  format($$select public.ingest_presence('[{"user_id": "%s", "status": "online", "at": "2026-01-01T00:00:00Z", "lng": 0}]')$$, tests.get_supabase_uid('a')),
   '22023', 'events[0]: lat and lng go together', 'a longitude without latitude is refused');
 select throws_ok(
   format($$select public.ingest_presence(jsonb_build_array(
     jsonb_build_object('user_id', %L, 'status', 'online', 'at', now() - interval '1 second'),
-    jsonb_build_object('user_id', %L, 'status', 'online', 'at', now() + interval '10 minutes')))$$, :'b', :'b'),
+    jsonb_build_object('user_id', %L, 'status', 'online', 'at', now() + interval '10 minutes')))$$, tests.get_supabase_uid('b'), tests.get_supabase_uid('b')),
   '22023', 'events[1]: at is more than 5 minutes in the future',
   'an event from the future is refused, and with it the whole batch');
 select results_eq(
-  format($$select event_at from public.presence_buffer where user_id = %L$$, :'b'),
+  format($$select event_at from public.presence_buffer where user_id = %L$$, tests.get_supabase_uid('b')),
   $$values (now() - interval '30 seconds')$$,
   'a refused batch changes nothing');
 select throws_ok($$select public.ingest_presence('[{"user_id": "nope", "status": "online", "at": "2026-01-01T00:00:00Z"}]')$$,
@@ -207,31 +207,31 @@ select throws_ok($$select public.ingest_presence('[{"user_id": "nope", "status":
 -- ---- flush_presence -------------------------------------------------------------------------
 
 select tests.clear_authentication();
-select tests.create_user('heartbeat@presence.test') as heartbeat \gset
-select tests.create_user('flapper@presence.test') as flapper \gset
-select tests.create_user('flap-back@presence.test') as flap_back \gset
-select tests.create_user('stale@presence.test') as stale \gset
-select tests.create_user('mover@presence.test', 'Mover', 1, 1, true) as mover \gset
-update public.profiles set is_online = true, last_seen_at = now() - interval '2 minutes' where id in (:'heartbeat', :'mover');
-update public.profiles set last_seen_at = now() - interval '3 minutes' where id in (:'flapper', :'flap_back');
-update public.profiles set last_seen_at = now() - interval '1 minute' where id = :'stale';
+select tests.create_supabase_user('heartbeat', 'heartbeat@presence.test');
+select tests.create_supabase_user('flapper', 'flapper@presence.test');
+select tests.create_supabase_user('flap_back', 'flap-back@presence.test');
+select tests.create_supabase_user('stale', 'stale@presence.test');
+select tests.create_supabase_user('mover', 'mover@presence.test', 'Mover', 1, 1, true);
+update public.profiles set is_online = true, last_seen_at = now() - interval '2 minutes' where id in (tests.get_supabase_uid('heartbeat'), tests.get_supabase_uid('mover'));
+update public.profiles set last_seen_at = now() - interval '3 minutes' where id in (tests.get_supabase_uid('flapper'), tests.get_supabase_uid('flap_back'));
+update public.profiles set last_seen_at = now() - interval '1 minute' where id = tests.get_supabase_uid('stale');
 -- A buffered row older than its profile (what a race with a flush can leave behind).
-insert into public.presence_buffer (user_id, is_online, event_at) values (:'stale', true, now() - interval '2 minutes');
+insert into public.presence_buffer (user_id, is_online, event_at) values (tests.get_supabase_uid('stale'), true, now() - interval '2 minutes');
 
 select tests.authenticate_as_service_role();
 select from public.ingest_presence(jsonb_build_array(
-  jsonb_build_object('user_id', :'heartbeat', 'status', 'online', 'at', now() - interval '5 seconds'),
-  jsonb_build_object('user_id', :'mover', 'status', 'online', 'at', now() - interval '5 seconds', 'lat', 2, 'lng', 2),
-  jsonb_build_object('user_id', :'flap_back', 'status', 'online', 'at', now() - interval '50 seconds'),
-  jsonb_build_object('user_id', :'flap_back', 'status', 'offline', 'at', now() - interval '40 seconds')));
+  jsonb_build_object('user_id', tests.get_supabase_uid('heartbeat'), 'status', 'online', 'at', now() - interval '5 seconds'),
+  jsonb_build_object('user_id', tests.get_supabase_uid('mover'), 'status', 'online', 'at', now() - interval '5 seconds', 'lat', 2, 'lng', 2),
+  jsonb_build_object('user_id', tests.get_supabase_uid('flap_back'), 'status', 'online', 'at', now() - interval '50 seconds'),
+  jsonb_build_object('user_id', tests.get_supabase_uid('flap_back'), 'status', 'offline', 'at', now() - interval '40 seconds')));
 -- Ten flaps in ten calls, ending online.
-select from generate_series(1, 10) as i, public.ingest_presence(jsonb_build_array(jsonb_build_object('user_id', :'flapper',
+select from generate_series(1, 10) as i, public.ingest_presence(jsonb_build_array(jsonb_build_object('user_id', tests.get_supabase_uid('flapper'),
   'status', case when i % 2 = 0 then 'online' else 'offline' end, 'at', now() - interval '60 seconds' + i * interval '1 second')));
 select tests.clear_authentication();
 
-select ctid::text as heartbeat_ctid from public.profiles where id = :'heartbeat' \gset
-select ctid::text as flap_back_ctid from public.profiles where id = :'flap_back' \gset
-select ctid::text as stale_ctid from public.profiles where id = :'stale' \gset
+select ctid::text as heartbeat_ctid from public.profiles where id = tests.get_supabase_uid('heartbeat') \gset
+select ctid::text as flap_back_ctid from public.profiles where id = tests.get_supabase_uid('flap_back') \gset
+select ctid::text as stale_ctid from public.profiles where id = tests.get_supabase_uid('stale') \gset
 
 select tests.authenticate_as_service_role();
 select is(public.flush_presence(), 4,
@@ -240,37 +240,37 @@ select tests.clear_authentication();
 
 select results_eq(
   format($$select id, is_online, last_seen_at, latitude from public.profiles
-           where id in (%L, %L, %L, %L) order by id$$, :'a', :'b', :'flapper', :'mover'),
+           where id in (%L, %L, %L, %L) order by id$$, tests.get_supabase_uid('a'), tests.get_supabase_uid('b'), tests.get_supabase_uid('flapper'), tests.get_supabase_uid('mover')),
   format($$select * from (values
              (%L::uuid, false, now() - interval '20 seconds', 52.5::float8),
              (%L::uuid, true, now() - interval '30 seconds', null),
              (%L::uuid, true, now() - interval '50 seconds', null),
              (%L::uuid, true, now() - interval '5 seconds', 2::float8)) as v order by 1$$,
-    :'a', :'b', :'flapper', :'mover'),
+    tests.get_supabase_uid('a'), tests.get_supabase_uid('b'), tests.get_supabase_uid('flapper'), tests.get_supabase_uid('mover')),
   'profiles hold the newest event of each changed user');
-select is((select ctid::text from public.profiles where id = :'heartbeat'), :'heartbeat_ctid',
+select is((select ctid::text from public.profiles where id = tests.get_supabase_uid('heartbeat')), :'heartbeat_ctid',
   'a heartbeat with unchanged status costs no profile write');
-select is((select ctid::text from public.profiles where id = :'flap_back'), :'flap_back_ctid',
+select is((select ctid::text from public.profiles where id = tests.get_supabase_uid('flap_back')), :'flap_back_ctid',
   'flapping back to the status already flushed costs no profile write');
-select is((select ctid::text from public.profiles where id = :'stale'), :'stale_ctid',
+select is((select ctid::text from public.profiles where id = tests.get_supabase_uid('stale')), :'stale_ctid',
   'a buffered row older than its profile is not applied');
 select results_eq(
   $$select user_id, event_at from public.presence_buffer$$,
-  format($$values (%L::uuid, now() - interval '5 seconds')$$, :'heartbeat'),
+  format($$values (%L::uuid, now() - interval '5 seconds')$$, tests.get_supabase_uid('heartbeat')),
   'only the heartbeat stays buffered, as the user''s last-seen time; the rest is drained');
 select is(public.flush_presence(), 0, 'a second flush finds nothing to change');
 
 -- ---- expire_stale_presence -----------------------------------------------------------------
 -- Times a century back, with max_age 99 years, so only this test's users are old enough.
 
-select tests.create_user('silent@presence.test', 'Silent', null, null, true) as silent \gset
-select tests.create_user('beating@presence.test', 'Beating', null, null, true) as beating \gset
-select tests.create_user('buffered@presence.test') as buffered \gset
-update public.profiles set last_seen_at = now() - interval '101 years' where id in (:'silent', :'beating');
+select tests.create_supabase_user('silent', 'silent@presence.test', 'Silent', null, null, true);
+select tests.create_supabase_user('beating', 'beating@presence.test', 'Beating', null, null, true);
+select tests.create_supabase_user('buffered', 'buffered@presence.test');
+update public.profiles set last_seen_at = now() - interval '101 years' where id in (tests.get_supabase_uid('silent'), tests.get_supabase_uid('beating'));
 select tests.authenticate_as_service_role();
 select from public.ingest_presence(jsonb_build_array(
-  jsonb_build_object('user_id', :'beating', 'status', 'online', 'at', now() - interval '98 years'),
-  jsonb_build_object('user_id', :'buffered', 'status', 'online', 'at', now() - interval '100 years')));
+  jsonb_build_object('user_id', tests.get_supabase_uid('beating'), 'status', 'online', 'at', now() - interval '98 years'),
+  jsonb_build_object('user_id', tests.get_supabase_uid('buffered'), 'status', 'online', 'at', now() - interval '100 years')));
 
 select throws_ok($$select public.expire_stale_presence(interval '-1 minute')$$, '22023', null,
   'a negative max_age is refused');
@@ -280,16 +280,16 @@ select tests.clear_authentication();
 
 select results_eq(
   format($$select id, is_online, last_seen_at from public.profiles where id in (%L, %L, %L) order by id$$,
-    :'silent', :'beating', :'buffered'),
+    tests.get_supabase_uid('silent'), tests.get_supabase_uid('beating'), tests.get_supabase_uid('buffered')),
   format($$select * from (values
              (%L::uuid, false, now() - interval '101 years'),
              (%L::uuid, true, now() - interval '101 years'),
              (%L::uuid, false, now() - interval '100 years')) as v order by 1$$,
-    :'silent', :'beating', :'buffered'),
+    tests.get_supabase_uid('silent'), tests.get_supabase_uid('beating'), tests.get_supabase_uid('buffered')),
   'missed leaves expire at their last event time; a recent buffered heartbeat keeps a user online');
-select is_empty(format($$select from public.presence_buffer where user_id = %L$$, :'buffered'),
+select is_empty(format($$select from public.presence_buffer where user_id = %L$$, tests.get_supabase_uid('buffered')),
   'an expired buffered event leaves the buffer');
-select results_eq(format($$select is_online from public.presence_buffer where user_id = %L$$, :'beating'),
+select results_eq(format($$select is_online from public.presence_buffer where user_id = %L$$, tests.get_supabase_uid('beating')),
   array[true], 'the heartbeat that keeps a user online stays buffered');
 
 select * from finish();

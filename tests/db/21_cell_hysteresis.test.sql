@@ -11,7 +11,7 @@ select -90 + pg_catalog.floor((52.5 + 90) / 0.0045) * 0.0045 as lat, 13.4 as lng
 create temporary table m on commit drop as select 1 / 111195.0 as deg;
 
 create temporary table who on commit drop as
-select tests.create_user('hysteresis@cells.test', 'Still', (select lat from edge) + 10 * (select deg from m),
+select tests.create_supabase_user('still', 'hysteresis@cells.test', 'Still', (select lat from edge) + 10 * (select deg from m),
   13.4, true) as id;
 
 create function pg_temp.fix(metres_north double precision, seconds integer) returns void

@@ -66,7 +66,7 @@ insert into people (name, x, y) values
   ('me', 0, 0), ('near', 500, 0), ('heartbeat', -900, -900), ('mid', 0, -2800),
   ('buffered_online', -3500, 0), ('far', 4500, 0), ('outside', 0, 9000), ('offline', 300, 300),
   ('buffered_offline', 0, 1200), ('moved', 7000, 7000), ('no_location', null, null);
-update people set id = tests.create_user(name || '@read-path.test', initcap(replace(name, '_', ' ')),
+update people set id = tests.create_supabase_user(name, name || '@read-path.test', initcap(replace(name, '_', ' ')),
   pg_temp.lat_of(y), pg_temp.lng_of(x), name not in ('offline', 'buffered_online', 'no_location'));
 update public.profiles set last_seen_at = now() - interval '1 minute' where id in (select id from people);
 
@@ -92,7 +92,7 @@ select pe.name, p.last_seen_at from people as pe join public.profiles as p on p.
 grant select on people, buffered, flushed to authenticated, anon, service_role;
 
 -- get_online_users_batch, as a signed-in user.
-select tests.authenticate_as(pg_temp.who('me'));
+select tests.authenticate_as('me');
 
 select results_eq(
   $$ select b.user_id, b.is_online from public.get_online_users_batch(array[
@@ -210,7 +210,7 @@ select is(
   (select event_at from buffered where name = 'buffered_offline'),
   'service_role gets the precise last-seen time');
 select tests.clear_authentication();
-select tests.authenticate_as(pg_temp.who('me'));
+select tests.authenticate_as('me');
 select throws_ok($$ select last_seen_at from public.profiles limit 1 $$, '42501', null,
   'users cannot read profiles.last_seen_at (get_online_users_batch answers it, to the minute)');
 select tests.clear_authentication();
@@ -222,14 +222,14 @@ create temporary table targets (n integer primary key, id uuid, x double precisi
 insert into targets (n, x, y)
 select n, 20000 + 4000 * n + 1700 * sin(n * 2.1), 20000 + 1900 * cos(n * 1.7)
 from generate_series(1, 8) as n;
-update targets set id = tests.create_user('target-' || n || '@read-path.test', 'Target ' || n,
+update targets set id = tests.create_supabase_user('target-' || n, 'target-' || n || '@read-path.test', 'Target ' || n,
   pg_temp.lat_of(y), pg_temp.lng_of(x), true);
 update public.profiles set last_seen_at = now() where id in (select id from targets);
 create temporary table observations (n integer, px double precision, py double precision, d double precision) on commit drop;
 grant select on targets to authenticated;
 grant insert on observations to authenticated;
 
-select tests.authenticate_as(pg_temp.who('me'));
+select tests.authenticate_as('me');
 insert into observations (n, px, py, d)
 select t.n, p.px, p.py, r.distance_m
 from targets as t
@@ -293,7 +293,7 @@ select cmp_ok(
 -- probes can tell where in the cell a user is.
 create temporary table twins (name text primary key, id uuid) on commit drop;
 insert into twins (name, id)
-select 'twin-' || k, tests.create_user('twin-' || k || '@read-path.test', 'Twin ' || k,
+select 'twin-' || k, tests.create_supabase_user('twin-' || k, 'twin-' || k || '@read-path.test', 'Twin ' || k,
   extensions.st_y(c.g::extensions.geometry) + dy, extensions.st_x(c.g::extensions.geometry) + dx, true)
 from (select public.snap_location(pg_temp.lat_of(-20000), pg_temp.lng_of(-20000)) as g) as c,
      (values (1, -0.0011, -0.0019), (2, 0.0015, 0.0016)) as v (k, dy, dx);
@@ -305,7 +305,7 @@ select cmp_ok(
    from public.profiles as a, public.profiles as b
    where a.id = (select id from twins where name = 'twin-1') and b.id = (select id from twins where name = 'twin-2')),
   '>', 300::double precision, 'privacy: the twins really are far apart');
-select tests.authenticate_as(pg_temp.who('me'));
+select tests.authenticate_as('me');
 select is_empty($$
   select p.a
   from generate_series(0, 350, 10) as p (a)

@@ -106,7 +106,10 @@ select ok((select plan from plans where name = 'batch') !~ 'Seq Scan',
 create temporary table someone on commit drop as select id from loaded where r3 < 0.05 limit 1;
 create temporary table ids on commit drop as select array_agg(id) as ids from (select id from loaded limit 10000) as s;
 grant select on someone, ids to authenticated;
-select tests.authenticate_as((select id from someone));
+-- One of the loaded users, named for the test helpers.
+update auth.users set raw_user_meta_data = jsonb_build_object('test_identifier', 'someone')
+where id = (select id from someone);
+select tests.authenticate_as('someone');
 select is((select count(*)::integer from public.nearby_online_users(-10, -40, 5000, 50)), 50,
   'nearby_online_users answers 50 users in the dense centre');
 select is((select count(*)::integer from public.get_online_users_batch((select ids from ids))), 10000,

@@ -13,7 +13,7 @@ select is_empty(
       and p.provolatile <> 'v'$$,
   'the limited RPCs are volatile: PostgREST runs them read-write, so the hook can take its token');
 
-select tests.create_user('quota@rpc.test') as me \gset
+select tests.create_supabase_user('me', 'quota@rpc.test');
 create function pg_temp.request(path text) returns void language plpgsql as $$
 begin
   perform set_config('request.method', 'POST', true);
@@ -40,7 +40,7 @@ end
 $$;
 grant execute on function pg_temp.calls(text, integer) to authenticated, service_role;
 
-select tests.authenticate_as(:'me');
+select tests.authenticate_as('me');
 select is(pg_temp.calls('/rpc/nearby_online_users', 25), 20, 'a user gets 20 nearby calls in a burst, then none');
 select is(pg_temp.calls('/rpc/get_online_users_batch', 5), 5, 'each RPC has a bucket of its own');
 select is(pg_temp.calls('/rpc/snap_location', 50), 50, 'RPCs without a limit are not counted');

@@ -46,17 +46,17 @@ select is(
 select function_privs_are('private', 'broadcast_presence_changes', array[]::text[], 'service_role',
   array[]::text[], 'nobody calls the trigger function directly');
 
-select tests.create_user('rt-alice@sltr.test', latitude => 52.52, longitude => 13.40) as alice \gset
-select tests.create_user('rt-bob@sltr.test', latitude => 52.50, longitude => 13.42) as bob \gset
-select tests.create_user('rt-carol@sltr.test') as carol \gset
+select tests.create_supabase_user('alice', 'rt-alice@sltr.test', latitude => 52.52, longitude => 13.40);
+select tests.create_supabase_user('bob', 'rt-bob@sltr.test', latitude => 52.50, longitude => 13.42);
+select tests.create_supabase_user('carol', 'rt-carol@sltr.test');
 
 -- A flush that changes three users: one broadcast with three changes.
 select tests.authenticate_as_service_role();
 select is(
   private.ingest_presence(jsonb_build_array(
-    jsonb_build_object('user_id', :'alice', 'status', 'online', 'at', now() - interval '20 minutes', 'lat', 52.53, 'lng', 13.41),
-    jsonb_build_object('user_id', :'bob', 'status', 'online', 'at', now() - interval '19 minutes'),
-    jsonb_build_object('user_id', :'carol', 'status', 'online', 'at', now() - interval '18 minutes'))),
+    jsonb_build_object('user_id', tests.get_supabase_uid('alice'), 'status', 'online', 'at', now() - interval '20 minutes', 'lat', 52.53, 'lng', 13.41),
+    jsonb_build_object('user_id', tests.get_supabase_uid('bob'), 'status', 'online', 'at', now() - interval '19 minutes'),
+    jsonb_build_object('user_id', tests.get_supabase_uid('carol'), 'status', 'online', 'at', now() - interval '18 minutes'))),
   '{"accepted": 3, "ignored": 0}'::jsonb, 'three presence events are accepted');
 select is(private.flush_presence(), 3, 'the flush changes three profiles');
 select tests.clear_authentication();
@@ -70,7 +70,7 @@ select set_eq(
   $$select (c ->> 'user_id')::uuid, (c ->> 'is_online')::boolean, (c ->> 'last_seen_at')::timestamptz
     from sent, jsonb_array_elements(sent.payload -> 'changes') as c$$,
   format($$select id, is_online, last_seen_at from public.profiles where id in (%L, %L, %L)$$,
-    :'alice', :'bob', :'carol'),
+    tests.get_supabase_uid('alice'), tests.get_supabase_uid('bob'), tests.get_supabase_uid('carol')),
   'each change is the profile''s new id, is_online and last_seen_at');
 select is_empty($$
   select from sent, jsonb_array_elements(sent.payload -> 'changes') as c
@@ -92,7 +92,7 @@ select is((select count(*)::int from sent), 1, '...and broadcasts nothing');
 select tests.authenticate_as_service_role();
 select is(
   (private.ingest_presence(jsonb_build_array(
-    jsonb_build_object('user_id', :'bob', 'status', 'online', 'at', now() - interval '17 minutes')))) ->> 'accepted',
+    jsonb_build_object('user_id', tests.get_supabase_uid('bob'), 'status', 'online', 'at', now() - interval '17 minutes')))) ->> 'accepted',
   '1', 'a heartbeat is accepted');
 select lives_ok('select private.flush_presence()', 'flushing a heartbeat works');
 select tests.clear_authentication();
@@ -102,7 +102,7 @@ select is((select count(*)::int from sent), 1, 'a heartbeat is not broadcast');
 select tests.authenticate_as_service_role();
 select is(
   (private.ingest_presence(jsonb_build_array(jsonb_build_object(
-    'user_id', :'alice', 'status', 'online', 'at', now() - interval '16 minutes', 'lat', 48.14, 'lng', 11.58)))) ->> 'accepted',
+    'user_id', tests.get_supabase_uid('alice'), 'status', 'online', 'at', now() - interval '16 minutes', 'lat', 48.14, 'lng', 11.58)))) ->> 'accepted',
   '1', 'a move is accepted');
 select is(private.flush_presence(), 1, 'the flush applies the move');
 select tests.clear_authentication();
@@ -112,14 +112,14 @@ select is((select count(*)::int from sent), 1, 'a move while online is not broad
 select tests.authenticate_as_service_role();
 select is(
   (private.ingest_presence(jsonb_build_array(jsonb_build_object(
-    'user_id', :'carol', 'status', 'offline', 'at', now() - interval '15 minutes')))) ->> 'accepted',
+    'user_id', tests.get_supabase_uid('carol'), 'status', 'offline', 'at', now() - interval '15 minutes')))) ->> 'accepted',
   '1', 'a leave is accepted');
 select is(private.flush_presence(), 1, 'the flush applies the leave');
 select tests.clear_authentication();
 select results_eq(
   $$select c ->> 'user_id', c ->> 'is_online' from sent, jsonb_array_elements(sent.payload -> 'changes') as c
     where sent.n = 1$$,
-  format($$values (%L, 'false')$$, :'carol'),
+  format($$values (%L, 'false')$$, tests.get_supabase_uid('carol')),
   'the leave is one broadcast with one change: carol went offline');
 
 -- Missed leaves expired by expire_stale_presence are broadcast too, once per batch: alice and
@@ -130,18 +130,18 @@ select tests.clear_authentication();
 select results_eq(
   $$select c ->> 'user_id', c ->> 'is_online' from sent, jsonb_array_elements(sent.payload -> 'changes') as c
     where sent.n = 2 order by c ->> 'last_seen_at'$$,
-  format($$values (%L, 'false'), (%L, 'false')$$, :'bob', :'alice'),
+  format($$values (%L, 'false'), (%L, 'false')$$, tests.get_supabase_uid('bob'), tests.get_supabase_uid('alice')),
   'the expiry batch is one broadcast of two changes: bob and alice went offline');
 
 -- A signed-in user editing their own profile sends nothing.
-select tests.authenticate_as(:'alice');
+select tests.authenticate_as('alice');
 select lives_ok($$update public.profiles set display_name = 'Alice R.' where id = (select auth.uid())$$,
   'a user updates their profile (the publication covers the replica identity)');
 select tests.clear_authentication();
 select is((select count(*)::int from sent), 3, 'a profile edit is not broadcast');
 
 -- Realtime caps a message's size: a flush of 1001 changes is two messages, 1000 + 1.
-do $$ begin perform tests.create_user(format('rt-bulk-%s@sltr.test', i)) from generate_series(1, 1001) as i; end $$;
+do $$ begin perform tests.create_supabase_user(format('rt-bulk-%s', i), format('rt-bulk-%s@sltr.test', i)) from generate_series(1, 1001) as i; end $$;
 select tests.authenticate_as_service_role();
 select is(
   (private.ingest_presence((
@@ -162,7 +162,7 @@ insert into realtime.messages (id, topic, extension, private) values
   ('00000000-0000-4000-a000-00000000e003', 'presence:changes', 'broadcast', true),
   ('00000000-0000-4000-a000-00000000e004', 'elsewhere', 'broadcast', true);
 
-select tests.authenticate_as(:'bob');
+select tests.authenticate_as('bob');
 select set_config('realtime.topic', 'online-users', true) as joining \gset
 select results_eq(
   $$select extension from realtime.messages where id::text like '00000000-0000-4000-a000-00000000e00_' and topic = realtime.topic()$$,

@@ -34,7 +34,8 @@ select schema_privs_are('monitoring', 'service_role', array['USAGE'], 'service_r
 select tests.authenticate_as_anon();
 select throws_ok('select * from monitoring.check_alerts()', '42501', null, 'anon cannot check alerts');
 select tests.clear_authentication();
-select tests.authenticate_as(tests.create_user('curious@monitoring.test'));
+select tests.create_supabase_user('curious', 'curious@monitoring.test');
+select tests.authenticate_as('curious');
 select throws_ok('select * from monitoring.connections', '42501', null, 'a signed-in user cannot read monitoring views');
 select throws_ok('select * from monitoring.settings', '42501', null, 'a signed-in user cannot read the thresholds');
 select tests.clear_authentication();
@@ -80,29 +81,29 @@ update monitoring.settings set value = 10 where name = 'query_min_calls';
 
 -- The presence pipeline: a pending buffered event received an hour ago.
 select monitoring.users_online() as online_before \gset
-select tests.create_user('lagging@monitoring.test') as lagging \gset
+select tests.create_supabase_user('lagging', 'lagging@monitoring.test');
 insert into public.presence_buffer (user_id, is_online, event_at, received_at)
-values (:'lagging', true, now() - interval '1 hour', now() - interval '1 hour');
+values (tests.get_supabase_uid('lagging'), true, now() - interval '1 hour', now() - interval '1 hour');
 select ok((select pending_rows >= 1 and flush_lag_seconds >= 3600 from monitoring.presence_pipeline),
   'presence_pipeline reports the pending row and its age as the flush lag');
 select is(monitoring.users_online(), :online_before + 1::bigint,
   'users_online counts a buffered online event before it is flushed');
 
 -- A heartbeat row (same status as the profile, nothing to apply) is not lag.
-select tests.create_user('steady@monitoring.test', is_online => true) as steady \gset
-update public.profiles set last_seen_at = now() - interval '3 hours' where id = :'steady';
+select tests.create_supabase_user('steady', 'steady@monitoring.test', is_online => true);
+update public.profiles set last_seen_at = now() - interval '3 hours' where id = tests.get_supabase_uid('steady');
 select pending_rows as pending_before from monitoring.presence_pipeline \gset
 insert into public.presence_buffer (user_id, is_online, event_at, received_at)
-values (:'steady', true, now() - interval '2 hours', now() - interval '2 hours');
+values (tests.get_supabase_uid('steady'), true, now() - interval '2 hours', now() - interval '2 hours');
 select is((select pending_rows from monitoring.presence_pipeline), :pending_before::bigint,
   'a heartbeat row that changes nothing is not pending');
 
 -- A newer offline event takes a flushed-online user out of the count.
-select tests.create_user('leaving@monitoring.test', is_online => true) as leaving \gset
-update public.profiles set last_seen_at = now() - interval '10 minutes' where id = :'leaving';
+select tests.create_supabase_user('leaving', 'leaving@monitoring.test', is_online => true);
+update public.profiles set last_seen_at = now() - interval '10 minutes' where id = tests.get_supabase_uid('leaving');
 select monitoring.users_online() as online_mid \gset
 insert into public.presence_buffer (user_id, is_online, event_at)
-values (:'leaving', false, now() - interval '1 minute');
+values (tests.get_supabase_uid('leaving'), false, now() - interval '1 minute');
 select is(monitoring.users_online(), :online_mid - 1::bigint, 'users_online applies a buffered offline event');
 
 -- flush_lag: more than flush_lag_alert_intervals flush intervals behind.

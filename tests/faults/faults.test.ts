@@ -1,6 +1,6 @@
 // Fault injection against a throwaway copy of the whole stack (its own Postgres cluster,
 // PgBouncer, Redis and functions server, in a temporary state dir on free ports: see
-// tests/_throwaway.ts), never the shared one. One stack serves every fault below, in order
+// tests/_lib/throwaway.ts), never the shared one. One stack serves every fault below, in order
 // (the Postgres restart last: for a while after it PgBouncer fast-fails new client logins,
 // server_login_retry); it is stopped and removed at the end. It runs with
 // POOL_MAX_SERVER_CONNECTIONS=5 (PgBouncer's cap, for the pool fault) and SLTR_DB_POOL_SIZE=40
@@ -33,7 +33,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { createClient } from "@supabase/supabase-js";
-import { userJwt } from "../functions/_helpers.ts";
+import { userJwt } from "../_lib/jwt.ts";
 import {
   direct,
   DIRECT_APP,
@@ -46,9 +46,10 @@ import {
   startStack,
   stopStack,
   uuidArray,
-} from "../_throwaway.ts";
+} from "../_lib/throwaway.ts";
+import type { PresenceEvent } from "../../functions/_shared/presence.ts";
+import { SERVICE_ROLE_KEY } from "../_lib/env.ts";
 
-const SERVICE_ROLE_KEY = Deno.env.get("SUPABASE_SERVICE_ROLE_KEY")!;
 const POOL_CAP = 5;
 const REQUEST_TIMEOUT_MS = 15_000;
 const STEP_TIMEOUT_MS = 90_000;
@@ -124,14 +125,6 @@ async function call(stack: Stack, fn: string, init: RequestInit = {}): Promise<A
       error: String(e),
     };
   }
-}
-
-interface PresenceEvent {
-  user_id: string;
-  status: "online" | "offline";
-  at: string;
-  lat?: number;
-  lng?: number;
 }
 
 // Strictly increasing event times per user, so that each event is newer than the last.

@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { verifyJwt } from "../../functions/_shared/auth.ts";
 import { functions } from "../../functions/_serve/registry.ts";
-import { ANON_KEY, FUNCTIONS_URL, SERVICE_ROLE_KEY, unsignedJwt, userJwt } from "./_helpers.ts";
+import { ANON_KEY, FUNCTIONS_URL, ROOT, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { unsignedJwt, userJwt } from "../_lib/jwt.ts";
 
 Deno.test("health_answers_with_database_and_redis_state", async () => {
   const res = await fetch(`${FUNCTIONS_URL}/health`);
@@ -76,8 +77,7 @@ Deno.test("every_function_with_verify_jwt_refuses_calls_without_a_valid_jwt", as
 });
 
 Deno.test("the_server_registry_agrees_with_supabase_config_toml", async () => {
-  const root = Deno.env.get("SLTR_ROOT") ?? ".";
-  const toml = await Deno.readTextFile(`${root}/supabase/config.toml`);
+  const toml = await Deno.readTextFile(`${ROOT}/supabase/config.toml`);
   const configured: Record<string, boolean> = {};
   const sections = toml.split(/^(?=\[)/m).filter((t) => t.startsWith("[functions."));
   for (const section of sections) {
@@ -88,12 +88,12 @@ Deno.test("the_server_registry_agrees_with_supabase_config_toml", async () => {
     // What `supabase functions deploy <name>` reads: an entry point that exists, the import map.
     assert.equal(value("entrypoint"), `../functions/${name}/index.ts`, name);
     assert.equal(value("import_map"), "../functions/import_map.json", name);
-    await Deno.stat(`${root}/supabase/${value("entrypoint")}`);
+    await Deno.stat(`${ROOT}/supabase/${value("entrypoint")}`);
   }
   const served = Object.fromEntries(Object.entries(functions).map(([k, v]) => [k, v.verifyJwt]));
   assert.deepEqual(served, configured);
   // Every function folder is served and configured (the _ folders are shared code).
-  const folders = [...Deno.readDirSync(`${root}/functions`)]
+  const folders = [...Deno.readDirSync(`${ROOT}/functions`)]
     .filter((e) => e.isDirectory && !e.name.startsWith("_")).map((e) => e.name).sort();
   assert.deepEqual(folders, Object.keys(configured).sort());
 });

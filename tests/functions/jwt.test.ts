@@ -2,18 +2,17 @@
 // issuer when one is configured, and no anonymous sign-in where an account is meant. Each
 // refusal is a 4xx JSON error, never a 500.
 import assert from "node:assert/strict";
-import { SignJWT } from "jose";
-import { FUNCTIONS_URL, JWT_SECRET, startFunctionsServer } from "./_helpers.ts";
+import { FUNCTIONS_URL, JWT_SECRET } from "../_lib/env.ts";
+import { signJwt } from "../_lib/jwt.ts";
+import { startFunctionsServer } from "../_lib/servers.ts";
 
 async function token(
   claims: Record<string, unknown>,
   opts: { exp?: boolean } = {},
 ): Promise<string> {
-  const jwt = new SignJWT({ role: "authenticated", aud: "authenticated", ...claims })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setIssuedAt();
-  if (opts.exp !== false) jwt.setExpirationTime("1h");
-  return await jwt.sign(new TextEncoder().encode(JWT_SECRET));
+  return await signJwt({ role: "authenticated", aud: "authenticated", ...claims }, JWT_SECRET, {
+    expiresIn: opts.exp === false ? false : "1h",
+  });
 }
 
 async function nearbyAs(jwt: string, base = FUNCTIONS_URL) {

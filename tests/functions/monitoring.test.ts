@@ -4,7 +4,8 @@ import assert from "node:assert/strict";
 import { functions } from "../../functions/_serve/registry.ts";
 import { json, serveJson } from "../../functions/_shared/http.ts";
 import { recordCache, registry } from "../../functions/_shared/metrics.ts";
-import { ANON_KEY, FUNCTIONS_URL, SERVICE_ROLE_KEY, unsignedJwt, userJwt } from "./_helpers.ts";
+import { ANON_KEY, FUNCTIONS_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { unsignedJwt, userJwt } from "../_lib/jwt.ts";
 
 async function scrape(key = SERVICE_ROLE_KEY): Promise<Response> {
   return await fetch(`${FUNCTIONS_URL}/metrics`, { headers: { authorization: `Bearer ${key}` } });

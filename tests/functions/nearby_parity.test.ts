@@ -6,17 +6,15 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
 import { forget } from "../../functions/_shared/live_index.ts";
-import { rng } from "../../bench/lib.ts";
-import { FUNCTIONS_URL, postSignedEvents, userJwt } from "./_helpers.ts";
+import { DB_URL, FUNCTIONS_URL, REDIS_URL } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { postSignedEvents } from "../_lib/webhook.ts";
+import { rng } from "../_lib/rng.ts";
+import { test } from "../_lib/test.ts";
 
-const DB_URL = Deno.env.get("DB_URL") ?? "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
 const CENTRE = { lat: 64.1466, lng: -21.9426 };
 const USERS = 3000;
 const QUERIES = 2000;
-
-function test(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
-}
 
 test("nearby_online_matches_nearby_online_users_on_thousands_of_random_queries", async () => {
   const sql = postgres(DB_URL, { max: 4, onnotice: () => {} });
@@ -118,7 +116,7 @@ test("nearby_online_matches_nearby_online_users_on_thousands_of_random_queries",
   } finally {
     await sql`delete from auth.users where id = any (${ids}::uuid[])`;
     // The index would forget them at its next reconciliation (a minute); now, for what follows.
-    const redis = new Redis(Deno.env.get("REDIS_URL") ?? "redis://127.0.0.1:54379");
+    const redis = new Redis(REDIS_URL);
     await forget(redis, ids);
     redis.disconnect();
     await sql.end();

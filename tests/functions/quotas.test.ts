@@ -6,10 +6,12 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
 import { createClient } from "@supabase/supabase-js";
-import { postSignedEvents, startFunctionsServer, userJwt } from "./_helpers.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { startFunctionsServer } from "../_lib/servers.ts";
+import { postSignedEvents } from "../_lib/webhook.ts";
+import { ANON_KEY, API_URL, DB_URL, REDIS_URL } from "../_lib/env.ts";
+import { test } from "../_lib/test.ts";
 
-const DB_URL = Deno.env.get("DB_URL")!;
-const REDIS_URL = Deno.env.get("REDIS_URL")!;
 const DOMAIN = "quotas.test";
 const PRODUCTION = {
   SLTR_QUOTA_NEARBY: "20/120",
@@ -21,10 +23,6 @@ const PRODUCTION = {
 const db = postgres(DB_URL, { max: 2, onnotice: () => {} });
 const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
 const server = await startFunctionsServer(PRODUCTION);
-
-function test(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
-}
 
 // A spot of our own, far from other suites' users.
 const HOME = { lat: 61 + Math.random(), lng: 25 + Math.random() };
@@ -159,8 +157,7 @@ test("self_reports_beyond_the_quota_are_refused_and_change_nothing", async () =>
 test("supabase_rpc_calls_share_the_limits_in_the_database", async () => {
   // Through the stack's PostgREST stand-in, which calls the db-pre-request hook as PostgREST.
   const me = await user(null);
-  const api = Deno.env.get("SUPABASE_URL")!;
-  const supabase = createClient(api, Deno.env.get("SUPABASE_ANON_KEY")!, {
+  const supabase = createClient(API_URL, ANON_KEY, {
     auth: { persistSession: false, autoRefreshToken: false },
     accessToken: () => Promise.resolve(me.jwt),
   });
@@ -176,11 +173,11 @@ test("supabase_rpc_calls_share_the_limits_in_the_database", async () => {
   });
   assert.equal(status, 429);
   assert.equal(error?.code, "rate_limited");
-  const raw = await fetch(`${api}/rest/v1/rpc/nearby_online_users`, {
+  const raw = await fetch(`${API_URL}/rest/v1/rpc/nearby_online_users`, {
     method: "POST",
     headers: {
       authorization: `Bearer ${me.jwt}`,
-      apikey: Deno.env.get("SUPABASE_ANON_KEY")!,
+      apikey: ANON_KEY,
       "content-type": "application/json",
     },
     body: JSON.stringify({ lat: HOME.lat, lng: HOME.lng }),

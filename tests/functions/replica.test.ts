@@ -6,18 +6,15 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Redis } from "ioredis";
-import { FUNCTIONS_URL, SERVICE_ROLE_KEY, userJwt } from "./_helpers.ts";
+import { DB_URL, FUNCTIONS_URL, REDIS_URL, REPLICA_DB_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { sleep, test } from "../_lib/test.ts";
 import { forget } from "../../functions/_shared/live_index.ts";
 
-const db = postgres(Deno.env.get("DB_URL")!, { max: 2, onnotice: () => {} });
-const replica = postgres(Deno.env.get("REPLICA_DB_URL")!, { max: 1, onnotice: () => {} });
-const redis = new Redis(Deno.env.get("REDIS_URL")!, { maxRetriesPerRequest: 1 });
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const db = postgres(DB_URL, { max: 2, onnotice: () => {} });
+const replica = postgres(REPLICA_DB_URL!, { max: 1, onnotice: () => {} });
+const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
 const EMAIL_DOMAIN = "replica.test";
-
-function test(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
-}
 
 async function metrics(): Promise<string> {
   const res = await fetch(`${FUNCTIONS_URL}/metrics`, {

@@ -2,7 +2,7 @@
 // scrape still counts every request, whichever worker answered it, and says how many workers
 // (and the Realtime process) it combined.
 import assert from "node:assert/strict";
-import { FUNCTIONS_URL, SERVICE_ROLE_KEY } from "./_helpers.ts";
+import { FUNCTIONS_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 
 async function scrape(): Promise<string> {
   const res = await fetch(`${FUNCTIONS_URL}/metrics`, {

@@ -4,20 +4,23 @@
 // must be a 4xx JSON error {"error": {"code", "message"}}: never a 2xx, a 5xx or a hang (each
 // request has a timeout), and the database must be byte-for-byte unchanged afterwards.
 //
-// Seeded and repeatable: a small PRNG (mulberry32) drives every choice; the seed is printed,
+// Seeded and repeatable: a small PRNG (mulberry32, tests/_lib/rng.ts) drives every choice; the seed is printed,
 // and FUZZ_SEED=<n> replays a run exactly (FUZZ_COUNT=<n> sets the number of requests).
 //
-// It runs against a throwaway stack (tests/_throwaway.ts), so that the before/after checksum of
+// It runs against a throwaway stack (tests/_lib/throwaway.ts), so that the before/after checksum of
 // profiles, presence_buffer and favorites is exact: nobody else writes there, and its pg_cron
 // jobs are switched off for the run. Fuzzed user ids all begin with f0220000-, a prefix the
 // test first checks no real user has; the one fuzz user that exists (so that bodies signed
 // or authorized for it are refused for what they say, not for who sends them) is created in
 // that namespace.
+// What it covers and what it found: docs/faults.md.
 import assert from "node:assert/strict";
-import { SignJWT } from "jose";
 import { functions } from "../../functions/_serve/registry.ts";
-import { ANON_KEY, JWT_SECRET, SERVICE_ROLE_KEY, unsignedJwt } from "../functions/_helpers.ts";
-import { direct, serverErrors, signature, startStack, stopStack } from "../_throwaway.ts";
+import { ANON_KEY, JWT_SECRET, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { signJwt, unsignedJwt } from "../_lib/jwt.ts";
+import { rng } from "../_lib/rng.ts";
+import { test } from "../_lib/test.ts";
+import { direct, serverErrors, signature, startStack, stopStack } from "../_lib/throwaway.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? Math.floor(Math.random() * 2 ** 31));
 const COUNT = Number(Deno.env.get("FUZZ_COUNT") ?? "3000");
@@ -25,18 +28,7 @@ const CONCURRENCY = 16;
 const REQUEST_TIMEOUT_MS = 10_000;
 const FUZZ_USER = "f0220000-0000-4000-8000-000000000001";
 
-// --- a seeded PRNG and choices ---------------------------------------------------------
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// --- choices, from a seeded PRNG (tests/_lib/rng.ts) ------------------------------------
 
 class Gen {
   constructor(readonly next: () => number) {}
@@ -96,7 +88,7 @@ class Gen {
   }
   /** A nasty string that is not a number either ("-0" is a valid coordinate, so strings that
    * Number() reads as finite are left out; "0x10" is refused by nearby-online's decimal check,
-   * pinned in tests/functions/read_path.test.ts). */
+   * pinned in tests/functions/nearby_online.test.ts). */
   nastyNotNumber(): string {
     for (;;) {
       const text = this.nasty();
@@ -127,17 +119,11 @@ class Gen {
 
 // --- tokens -----------------------------------------------------------------------------
 
-const key = new TextEncoder().encode(JWT_SECRET);
-
 async function jwt(
   claims: Record<string, unknown>,
   opts: { secret?: string; expiresIn?: number | string } = {},
 ): Promise<string> {
-  return await new SignJWT(claims)
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setIssuedAt()
-    .setExpirationTime(opts.expiresIn ?? "1h")
-    .sign(opts.secret ? new TextEncoder().encode(opts.secret) : key);
+  return await signJwt(claims, opts.secret ?? JWT_SECRET, { expiresIn: opts.expiresIn });
 }
 
 interface Tokens {
@@ -626,72 +612,67 @@ const CHECKSUM = `
     || md5(coalesce((select string_agg(f::text, '|' order by f.user_id, f.favorite_id) from public.favorites as f), ''))
     as checksum`;
 
-Deno.test({
-  name: "every_malformed_request_gets_a_4xx_json_error_and_changes_nothing",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    console.log(`fuzz: seed ${SEED} (replay with FUZZ_SEED=${SEED}), ${COUNT} requests`);
-    const stack = await startStack("sltr-fuzz-");
-    const db = direct(stack);
-    try {
-      // A quiet database: no pg_cron runs, and whatever they would do done now.
-      await db.unsafe(`update cron.job set active = false`);
-      await db.unsafe(`select private.flush_presence(), private.expire_stale_presence()`);
-      const [{ n }] = await db.unsafe<{ n: number }[]>(
-        `select count(*)::int as n from auth.users where id::text like 'f0220000-%'`,
-      );
-      assert.equal(n, 0, "no real user's id is in the fuzz namespace");
-      await db.unsafe(
-        `insert into auth.users (id, aud, role, email)
+test("every_malformed_request_gets_a_4xx_json_error_and_changes_nothing", async () => {
+  console.log(`fuzz: seed ${SEED} (replay with FUZZ_SEED=${SEED}), ${COUNT} requests`);
+  const stack = await startStack("sltr-fuzz-");
+  const db = direct(stack);
+  try {
+    // A quiet database: no pg_cron runs, and whatever they would do done now.
+    await db.unsafe(`update cron.job set active = false`);
+    await db.unsafe(`select private.flush_presence(), private.expire_stale_presence()`);
+    const [{ n }] = await db.unsafe<{ n: number }[]>(
+      `select count(*)::int as n from auth.users where id::text like 'f0220000-%'`,
+    );
+    assert.equal(n, 0, "no real user's id is in the fuzz namespace");
+    await db.unsafe(
+      `insert into auth.users (id, aud, role, email)
          values ($1, 'authenticated', 'authenticated', 'fuzz@sltr.test')`,
-        [FUZZ_USER],
-      );
-      await db.unsafe(
-        `insert into public.profiles (id, display_name, latitude, longitude)
+      [FUZZ_USER],
+    );
+    await db.unsafe(
+      `insert into public.profiles (id, display_name, latitude, longitude)
          values ($1, 'Fuzz', 52.5, 13.4)`,
-        [FUZZ_USER],
-      );
-      const [{ checksum: before }] = await db.unsafe<{ checksum: string }[]>(CHECKSUM);
+      [FUZZ_USER],
+    );
+    const [{ checksum: before }] = await db.unsafe<{ checksum: string }[]>(CHECKSUM);
 
-      const g = new Gen(mulberry32(SEED));
-      const t = await tokens();
-      const requests: Fuzzed[] = [];
-      for (let i = 0; i < COUNT; i++) requests.push(await generate(g, t));
+    const g = new Gen(rng(SEED));
+    const t = await tokens();
+    const requests: Fuzzed[] = [];
+    for (let i = 0; i < COUNT; i++) requests.push(await generate(g, t));
 
-      const started = performance.now();
-      const outcomes: Outcome[] = [];
-      let next = 0;
-      await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
-        while (next < requests.length) outcomes.push(await send(stack.url, requests[next++]));
-      }));
-      const took = performance.now() - started;
+    const started = performance.now();
+    const outcomes: Outcome[] = [];
+    let next = 0;
+    await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+      while (next < requests.length) outcomes.push(await send(stack.url, requests[next++]));
+    }));
+    const took = performance.now() - started;
 
-      const [{ checksum: after }] = await db.unsafe<{ checksum: string }[]>(CHECKSUM);
+    const [{ checksum: after }] = await db.unsafe<{ checksum: string }[]>(CHECKSUM);
 
-      const byStatus = new Map<string, number>();
-      for (const o of outcomes) {
-        const k = `${o.req.fn} ${o.status}`;
-        byStatus.set(k, (byStatus.get(k) ?? 0) + 1);
-      }
-      console.log(
-        `fuzz: ${outcomes.length} requests in ${Math.round(took)} ms; ` +
-          [...byStatus].sort().map(([k, v]) => `${k} x${v}`).join(", "),
-      );
-      const problems = outcomes.filter((o) => o.problem);
-      assert.deepEqual(
-        problems.slice(0, 20).map((o) =>
-          `${o.req.fn} (${o.req.what}) ${o.req.method} ${o.req.path.slice(0, 120)}: ${o.problem}`
-        ),
-        [],
-        `${problems.length} answers were not a 4xx JSON error (seed ${SEED});\n` +
-          `server errors:\n${serverErrors(stack)}`,
-      );
-      assert.equal(outcomes.length, COUNT);
-      assert.equal(after, before, "profiles, presence_buffer and favorites are unchanged");
-    } finally {
-      await db.end();
-      await stopStack(stack);
+    const byStatus = new Map<string, number>();
+    for (const o of outcomes) {
+      const k = `${o.req.fn} ${o.status}`;
+      byStatus.set(k, (byStatus.get(k) ?? 0) + 1);
     }
-  },
+    console.log(
+      `fuzz: ${outcomes.length} requests in ${Math.round(took)} ms; ` +
+        [...byStatus].sort().map(([k, v]) => `${k} x${v}`).join(", "),
+    );
+    const problems = outcomes.filter((o) => o.problem);
+    assert.deepEqual(
+      problems.slice(0, 20).map((o) =>
+        `${o.req.fn} (${o.req.what}) ${o.req.method} ${o.req.path.slice(0, 120)}: ${o.problem}`
+      ),
+      [],
+      `${problems.length} answers were not a 4xx JSON error (seed ${SEED});\n` +
+        `server errors:\n${serverErrors(stack)}`,
+    );
+    assert.equal(outcomes.length, COUNT);
+    assert.equal(after, before, "profiles, presence_buffer and favorites are unchanged");
+  } finally {
+    await db.end();
+    await stopStack(stack);
+  }
 });

@@ -1,49 +1,20 @@
-// Shared by the Realtime suites: the running stack (its Realtime endpoint, webhook, bridge and
-// database), users made in the real database, presence tickets, and supabase-js clients on
-// the real WebSocket.
+// Shared by the Realtime and client suites: users made in the real database, presence tickets,
+// supabase-js clients on the real WebSocket, and the stack's bridge figures. The stack's
+// settings, the test wrapper, tokens and private servers are in tests/_lib.
 import postgres from "postgres";
 import { Redis } from "ioredis";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import type { Database } from "../../client/database.types.ts";
 import { issueTicket } from "../../functions/_shared/presence_ticket.ts";
-import { freePort, userJwt } from "../functions/_helpers.ts";
-
-export const API_URL = Deno.env.get("SUPABASE_URL") ?? "http://127.0.0.1:54321";
-export const FUNCTIONS_URL = `${API_URL}/functions/v1`;
-export const ANON_KEY = Deno.env.get("SUPABASE_ANON_KEY")!;
-export const SERVICE_ROLE_KEY = Deno.env.get("SUPABASE_SERVICE_ROLE_KEY")!;
-export const WEBHOOK_SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET")!;
-export const REDIS_URL = Deno.env.get("REDIS_URL") ?? "redis://127.0.0.1:54379";
-export const DB_URL = Deno.env.get("DB_URL") ??
-  "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
-export const BRIDGE_URL = `http://127.0.0.1:${Deno.env.get("BRIDGE_HEALTH_PORT") ?? "54340"}`;
+import { ANON_KEY, API_URL, BRIDGE_URL, DB_URL, REDIS_URL, WEBHOOK_SECRET } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
 
 export type Sql = postgres.Sql;
 export type Client = SupabaseClient<Database>;
 
-/** A Realtime test: realtime-js leaves a timer behind on disconnect; everything opened is
- * closed in finally. */
-export function test(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
-}
-
 export function database(): Sql {
   return postgres(DB_URL, { max: 2, onnotice: () => {} });
 }
-
-export async function eventually(
-  check: () => boolean | Promise<boolean>,
-  what: string,
-  timeoutMs = 5000,
-): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Users in auth.users and profiles, committed (the webhook sees them); delete them after. */
 export async function createUsers(
@@ -154,47 +125,4 @@ export async function onlineMap(sql: Sql, ids: string[]): Promise<Record<string,
   const rows = await sql<{ user_id: string; is_online: boolean }[]>`
     select user_id, is_online from public.get_online_users_batch(${ids}::uuid[])`;
   return Object.fromEntries(rows.map((r) => [r.user_id, r.is_online]));
-}
-
-/** A presence bridge process of its own, against `apiUrl` (a private server's). */
-export async function startBridge(apiUrl: string, env: Record<string, string> = {}) {
-  const root = Deno.env.get("SLTR_ROOT") ?? ".";
-  const port = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-env", `${root}/workers/presence-bridge/main.ts`],
-    env: {
-      ...Deno.env.toObject(),
-      SUPABASE_URL: apiUrl,
-      SUPABASE_SERVICE_ROLE_KEY: SERVICE_ROLE_KEY,
-      PRESENCE_WEBHOOK_SECRET: WEBHOOK_SECRET,
-      BRIDGE_HEALTH_PORT: String(port),
-      BRIDGE_HEALTH_HOST: "127.0.0.1",
-      BRIDGE_STATS_INTERVAL_MS: "0",
-      ...env,
-    },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  const health = `http://127.0.0.1:${port}/health`;
-  await eventually(
-    async () => {
-      try {
-        const res = await fetch(health);
-        await res.body?.cancel();
-        return res.status === 200;
-      } catch {
-        return false;
-      }
-    },
-    "the private bridge joined",
-    15_000,
-  );
-  return {
-    health,
-    stop: async () => {
-      child.kill("SIGTERM");
-      await child.status;
-    },
-  };
 }

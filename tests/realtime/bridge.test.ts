@@ -10,7 +10,8 @@ import { backoffMs, PresenceBridge } from "../../workers/presence-bridge/bridge.
 import { EventBuffer } from "../../workers/presence-bridge/buffer.ts";
 import { type Outcome, retryAfterMs, WebhookSender } from "../../workers/presence-bridge/sender.ts";
 import { PresenceTracker } from "../../workers/presence-bridge/tracker.ts";
-import { eventually, WEBHOOK_SECRET } from "./_helpers.ts";
+import { WEBHOOK_SECRET } from "../_lib/env.ts";
+import { eventually } from "../_lib/test.ts";
 
 const SECRET = "test-presence-secret-of-at-least-32-bytes";
 const verifyProof = (proof: unknown, now: number) => verifyTicket(proof, [SECRET], now);

@@ -3,20 +3,10 @@
 // supabase-js cannot send, such as garbage, go over a bare WebSocket.)
 import assert from "node:assert/strict";
 import type { RealtimeChannel } from "@supabase/supabase-js";
-import { userJwt } from "../functions/_helpers.ts";
-import {
-  ANON_KEY,
-  API_URL,
-  client,
-  closeClient,
-  database,
-  eventually,
-  SERVICE_ROLE_KEY,
-  sleep,
-  subscribed,
-  test,
-  userClient,
-} from "./_helpers.ts";
+import { ANON_KEY, API_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { eventually, sleep, test } from "../_lib/test.ts";
+import { client, closeClient, database, subscribed, userClient } from "./_helpers.ts";
 
 const WS_URL = `${API_URL.replace(/^http/, "ws")}/realtime/v1/websocket`;
 

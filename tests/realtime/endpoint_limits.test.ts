@@ -1,18 +1,11 @@
 // The local Realtime endpoint's tenant limits and its broadcast REST API, on a private server
 // (own process and port, the stack's database) whose limits are set low enough to reach.
 import assert from "node:assert/strict";
-import { startFunctionsServer } from "../functions/_helpers.ts";
-import { userJwt } from "../functions/_helpers.ts";
-import {
-  ANON_KEY,
-  client,
-  closeClient,
-  eventually,
-  SERVICE_ROLE_KEY,
-  sleep,
-  subscribed,
-  test,
-} from "./_helpers.ts";
+import { ANON_KEY, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { startFunctionsServer } from "../_lib/servers.ts";
+import { eventually, sleep, test } from "../_lib/test.ts";
+import { client, closeClient, subscribed } from "./_helpers.ts";
 
 async function privateServer(env: Record<string, string>) {
   const { url, child } = await startFunctionsServer({

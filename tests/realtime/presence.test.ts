@@ -5,26 +5,22 @@
 // nothing.
 import assert from "node:assert/strict";
 import { createSltrClient, type SltrClient } from "../../client/mod.ts";
-import { startFunctionsServer, userJwt } from "../functions/_helpers.ts";
-import { FreezableProxy } from "../_lib/proxy.ts";
+import { ANON_KEY, API_URL, FUNCTIONS_URL } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { startBridge, startFunctionsServer } from "../_lib/servers.ts";
+import { eventually, sleep, test } from "../_lib/test.ts";
 import {
-  ANON_KEY,
-  API_URL,
   bridgeStats,
   createUsers,
   database,
   deleteUsers,
-  eventually,
-  FUNCTIONS_URL,
   onlineMap,
-  sleep,
   type Sql,
-  startBridge,
   subscribed,
-  test,
   ticketFor,
   userClient,
 } from "./_helpers.ts";
+import { FreezableProxy } from "../_lib/proxy.ts";
 
 const HERE = { lat: 52.5205, lng: 13.4049 };
 

@@ -3,19 +3,17 @@
 // B comes online and A's callback fires within a second; C, not watching, gets nothing.
 import assert from "node:assert/strict";
 import { createSltrClient, type SltrClient, type StatusChange } from "../../client/mod.ts";
-import { startFunctionsServer, userJwt } from "../functions/_helpers.ts";
+import { ANON_KEY, API_URL } from "../_lib/env.ts";
+import { userJwt } from "../_lib/jwt.ts";
+import { startFunctionsServer } from "../_lib/servers.ts";
+import { eventually, sleep, test } from "../_lib/test.ts";
 import {
-  ANON_KEY,
-  API_URL,
   client,
   createUsers,
   database,
   deleteUsers,
-  eventually,
   onlineMap,
-  sleep,
   subscribed,
-  test,
   userClient,
 } from "./_helpers.ts";
 

@@ -1,6 +1,6 @@
 // The presence bridge process: joins the Realtime presence channel as service_role and posts
 // what changes to functions/presence-webhook in signed batches, until SIGTERM/SIGINT, when it
-// delivers what is pending and leaves. Configuration is the environment (see README):
+// delivers what is pending and leaves. Configuration is the environment (docs/presence-bridge.md):
 //
 //   SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, PRESENCE_WEBHOOK_SECRETS      required
 //     (comma-separated, newest first; PRESENCE_WEBHOOK_SECRET for one)

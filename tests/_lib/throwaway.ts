@@ -3,14 +3,15 @@
 // free ports, so the shared stack (default ports, .state/) is never touched.
 import assert from "node:assert/strict";
 import postgres from "postgres";
+import { signBody } from "../../functions/_shared/auth.ts";
+import { POSTGRES_PASSWORD, ROOT, WEBHOOK_SECRET } from "./env.ts";
+import { freePorts } from "./ports.ts";
+import { sleep } from "./test.ts";
 
-export const ROOT = Deno.env.get("SLTR_ROOT") ?? new URL("..", import.meta.url).pathname;
-export const WEBHOOK_SECRET = Deno.env.get("PRESENCE_WEBHOOK_SECRET") ??
-  "local-presence-webhook-secret-do-not-use-in-production";
+export { ROOT, sleep };
+
 /** application_name of the tests' direct (not pooled) connections. */
 export const DIRECT_APP = "sltr-test-direct";
-
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface Stack {
   env: Record<string, string>;
@@ -19,17 +20,6 @@ export interface Stack {
   dbUrl: string;
   poolerUrl: string;
   redisPort: number;
-}
-
-async function freePorts(n: number): Promise<number[]> {
-  const listeners = Array.from(
-    { length: n },
-    () => Deno.listen({ hostname: "127.0.0.1", port: 0 }),
-  );
-  const ports = listeners.map((l) => (l.addr as Deno.NetAddr).port);
-  for (const l of listeners) l.close();
-  await sleep(10);
-  return ports;
 }
 
 export async function run(
@@ -70,7 +60,8 @@ export async function stackSh(stack: Stack, action: string): Promise<void> {
  * supabase/local.env, e.g. POOL_MAX_SERVER_CONNECTIONS. */
 export async function startStack(prefix: string, env: Record<string, string> = {}): Promise<Stack> {
   const state = await Deno.makeTempDir({ prefix });
-  const [pg, bouncer, redis, fns, bridge, replica, realtime] = await freePorts(7);
+  const [pg, bouncer, redis, fns, bridge, replica, realtime] = freePorts(7);
+  await sleep(10);
   const stack: Stack = {
     env: {
       ...env,
@@ -85,8 +76,8 @@ export async function startStack(prefix: string, env: Record<string, string> = {
     },
     state,
     url: `http://127.0.0.1:${fns}/functions/v1`,
-    dbUrl: `postgresql://postgres:postgres@127.0.0.1:${pg}/postgres`,
-    poolerUrl: `postgresql://postgres:postgres@127.0.0.1:${bouncer}/postgres`,
+    dbUrl: `postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${pg}/postgres`,
+    poolerUrl: `postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${bouncer}/postgres`,
     redisPort: redis,
   };
   try {
@@ -153,23 +144,10 @@ export function serverErrors(stack: Stack): string {
   return [...errors].slice(-10).join("\n");
 }
 
-const hex = (b: ArrayBuffer) =>
-  Array.from(new Uint8Array(b), (x) => x.toString(16).padStart(2, "0")).join("");
-
-let hmac: CryptoKey | undefined;
-
-/** The presence webhook's x-sltr-signature for a body: t=<now>,v1=<HMAC-SHA256>. */
+/** The presence webhook's x-sltr-signature for a body, with the stack's secret. */
 export async function signature(
   body: string,
   t = Math.floor(Date.now() / 1000),
 ): Promise<string> {
-  hmac ??= await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(WEBHOOK_SECRET),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const mac = await crypto.subtle.sign("HMAC", hmac, new TextEncoder().encode(`${t}.${body}`));
-  return `t=${t},v1=${hex(mac)}`;
+  return await signBody(WEBHOOK_SECRET, body, t);
 }

@@ -79,6 +79,9 @@ demo: start ## The demo driver in the foreground: seed users 101-300 come and go
 	@source $(S)/lib.sh && cd "$$ROOT" && exec "$$NODE_BIN/deno" run -A demo/driver.ts
 
 BENCH_PUSH_ARGS ?= --online 50000 --clients 500 --duration 120
+bench-workers: start ## One functions worker against one per core: nearby throughput at p99 < 100 ms, CPU per request
+	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/workers.ts $(BENCH_WORKERS_ARGS)
+
 bench-push: start ## Push costs: inbox vs global topic, latency, messages/s, plan (BENCH_PUSH_ARGS=...)
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/push.ts $(BENCH_PUSH_ARGS)
 
@@ -88,4 +91,4 @@ try-presence: start ## Seed user 7 tracks presence; seed user 8 sees them nearby
 bench-realtime: start ## Figures of the local Realtime endpoint (BENCH_REALTIME_ARGS="--connections 10000")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/realtime.ts $(BENCH_REALTIME_ARGS)
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push bench-workers try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz

@@ -1,6 +1,6 @@
 // Benchmark plumbing: arguments, HdrHistogram percentiles, a progress bar, rate pacing.
 import * as hdr from "hdr-histogram-js";
-import { sleep } from "../tests/_lib/test.ts";
+import { sleep } from "../tests/_lib/harness.ts";
 
 export { sleep };
 

@@ -13,7 +13,7 @@ import postgres from "postgres";
 import { createSltrClient } from "../client/mod.ts";
 import { userJwt } from "../tests/_lib/jwt.ts";
 import { startBridge, startFunctionsServer } from "../tests/_lib/servers.ts";
-import { eventually } from "../tests/_lib/test.ts";
+import { eventually } from "../tests/_lib/harness.ts";
 import {
   createUsers,
   database,

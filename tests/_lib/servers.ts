@@ -3,7 +3,7 @@
 // own process on a free port with the test's environment plus overrides.
 import { ROOT, SERVICE_ROLE_KEY, WEBHOOK_SECRET } from "./env.ts";
 import { freePort } from "./ports.ts";
-import { eventually } from "./test.ts";
+import { eventually } from "./harness.ts";
 
 /**
  * A private functions server (own process, own port, the test's environment plus `env`), to

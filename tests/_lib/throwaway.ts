@@ -6,7 +6,7 @@ import postgres from "postgres";
 import { signBody } from "../../functions/_shared/auth.ts";
 import { POSTGRES_PASSWORD, ROOT, WEBHOOK_SECRET } from "./env.ts";
 import { freePorts } from "./ports.ts";
-import { sleep } from "./test.ts";
+import { sleep } from "./harness.ts";
 
 export { ROOT, sleep };
 

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import { DemoUser, seedUsers } from "../../demo/driver.ts";
 import { API_URL, DB_URL } from "../_lib/env.ts";
-import { eventually, test } from "../_lib/test.ts";
+import { eventually, test } from "../_lib/harness.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM_PATH") ?? "/usr/bin/chromium";
 

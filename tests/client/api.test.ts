@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { SltrApi, SltrApiError } from "../../client/mod.ts";
 import { ANON_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import { client, createUsers, database, deleteUsers } from "../realtime/_helpers.ts";
 
 test("the_api_calls_the_functions_with_the_users_jwt", async () => {

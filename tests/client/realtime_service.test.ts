@@ -12,7 +12,7 @@ import {
 import { SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { startFunctionsServer } from "../_lib/servers.ts";
-import { eventually, sleep, test } from "../_lib/test.ts";
+import { eventually, sleep, test } from "../_lib/harness.ts";
 import {
   client,
   closeClient,

@@ -8,7 +8,7 @@ import { prune, redisMicros } from "../../functions/_shared/live_index.ts";
 import { FUNCTIONS_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { freePort } from "../_lib/ports.ts";
 import { FreezableProxy } from "../_lib/proxy.ts";
-import { sleep, test } from "../_lib/test.ts";
+import { sleep, test } from "../_lib/harness.ts";
 import {
   at,
   call,

@@ -4,7 +4,7 @@
 // asked.
 import assert from "node:assert/strict";
 import { ANON_KEY, FUNCTIONS_URL } from "../_lib/env.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import {
   at,
   call,

@@ -10,7 +10,7 @@ import { DB_URL, FUNCTIONS_URL, REDIS_URL } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { postSignedEvents } from "../_lib/webhook.ts";
 import { rng } from "../_lib/rng.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 
 const CENTRE = { lat: 64.1466, lng: -21.9426 };
 const USERS = 3000;

@@ -2,7 +2,7 @@
 // input refused with 400.
 import assert from "node:assert/strict";
 import { ANON_KEY, FUNCTIONS_URL } from "../_lib/env.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import {
   call,
   createNeighbourhood,

@@ -1,7 +1,7 @@
 // What the webhook accepted, flushed to profiles and expired: no event lost to a concurrent
 // flush, flapping and heartbeats costing (almost) no profile updates, a missed leave expiring.
 import assert from "node:assert/strict";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import {
   Answer,
   createUsers,

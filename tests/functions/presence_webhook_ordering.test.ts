@@ -2,7 +2,7 @@
 // out-of-order and concurrent batches, microsecond times, a batch racing a user's deletion.
 import assert from "node:assert/strict";
 import { forget, writeEvents } from "../../functions/_shared/live_index.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import {
   Answer,
   cached,

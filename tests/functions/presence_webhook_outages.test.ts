@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { freePort } from "../_lib/ports.ts";
 import { startFunctionsServer } from "../_lib/servers.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import {
   assertUntouched,
   cached,

@@ -2,7 +2,7 @@
 // reflects it before any flush), and bad input refused with a 4xx and no change anywhere.
 import assert from "node:assert/strict";
 import { userKey } from "../../functions/_shared/live_index.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import {
   assertUntouched,
   cached,

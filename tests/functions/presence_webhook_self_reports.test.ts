@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { ANON_KEY, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import {
   assertUntouched,
   cached,

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { ROOT, WEBHOOK_SECRET as SECRET } from "../_lib/env.ts";
 import { startFunctionsServer } from "../_lib/servers.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import {
   assertUntouched,
   createUsers,

@@ -10,7 +10,7 @@ import { userJwt } from "../_lib/jwt.ts";
 import { startFunctionsServer } from "../_lib/servers.ts";
 import { postSignedEvents } from "../_lib/webhook.ts";
 import { ANON_KEY, API_URL, DB_URL, REDIS_URL } from "../_lib/env.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 
 const DOMAIN = "quotas.test";
 const PRODUCTION = {

@@ -8,7 +8,7 @@ import postgres from "postgres";
 import { Redis } from "ioredis";
 import { DB_URL, FUNCTIONS_URL, REDIS_URL, REPLICA_DB_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
-import { sleep, test } from "../_lib/test.ts";
+import { sleep, test } from "../_lib/harness.ts";
 import { forget } from "../../functions/_shared/live_index.ts";
 
 const db = postgres(DB_URL, { max: 2, onnotice: () => {} });

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { createClient } from "@supabase/supabase-js";
 import { ANON_KEY, API_URL as SUPABASE_URL } from "../_lib/env.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import { createNeighbourhood, far, near, removeNeighbourhood, viewer } from "./_neighbourhood.ts";
 
 test("setup_creates_a_neighbourhood", createNeighbourhood);

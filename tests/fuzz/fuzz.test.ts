@@ -19,7 +19,7 @@ import { functions } from "../../functions/_serve/registry.ts";
 import { ANON_KEY, JWT_SECRET, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { signJwt, unsignedJwt } from "../_lib/jwt.ts";
 import { rng } from "../_lib/rng.ts";
-import { test } from "../_lib/test.ts";
+import { test } from "../_lib/harness.ts";
 import { direct, serverErrors, signature, startStack, stopStack } from "../_lib/throwaway.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? Math.floor(Math.random() * 2 ** 31));

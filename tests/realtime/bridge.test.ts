@@ -11,7 +11,7 @@ import { EventBuffer } from "../../workers/presence-bridge/buffer.ts";
 import { type Outcome, retryAfterMs, WebhookSender } from "../../workers/presence-bridge/sender.ts";
 import { PresenceTracker } from "../../workers/presence-bridge/tracker.ts";
 import { WEBHOOK_SECRET } from "../_lib/env.ts";
-import { eventually } from "../_lib/test.ts";
+import { eventually } from "../_lib/harness.ts";
 
 const SECRET = "test-presence-secret-of-at-least-32-bytes";
 const verifyProof = (proof: unknown, now: number) => verifyTicket(proof, [SECRET], now);

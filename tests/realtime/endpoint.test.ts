@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import type { RealtimeChannel } from "@supabase/supabase-js";
 import { ANON_KEY, API_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
-import { eventually, sleep, test } from "../_lib/test.ts";
+import { eventually, sleep, test } from "../_lib/harness.ts";
 import { client, closeClient, database, subscribed, userClient } from "./_helpers.ts";
 
 const WS_URL = `${API_URL.replace(/^http/, "ws")}/realtime/v1/websocket`;

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { ANON_KEY, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { startFunctionsServer } from "../_lib/servers.ts";
-import { eventually, sleep, test } from "../_lib/test.ts";
+import { eventually, sleep, test } from "../_lib/harness.ts";
 import { client, closeClient, subscribed } from "./_helpers.ts";
 
 async function privateServer(env: Record<string, string>) {

@@ -8,7 +8,7 @@ import { createSltrClient, type SltrClient } from "../../client/mod.ts";
 import { ANON_KEY, API_URL, FUNCTIONS_URL } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { startBridge, startFunctionsServer } from "../_lib/servers.ts";
-import { eventually, sleep, test } from "../_lib/test.ts";
+import { eventually, sleep, test } from "../_lib/harness.ts";
 import {
   bridgeStats,
   createUsers,

@@ -6,7 +6,7 @@ import { createSltrClient, type SltrClient, type StatusChange } from "../../clie
 import { ANON_KEY, API_URL } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { startFunctionsServer } from "../_lib/servers.ts";
-import { eventually, sleep, test } from "../_lib/test.ts";
+import { eventually, sleep, test } from "../_lib/harness.ts";
 import {
   client,
   createUsers,

@@ -31,6 +31,7 @@
 //                           lock_timeout, and records the failed run in cron.job_run_details
 //                           as pg_cron would.
 import assert from "node:assert/strict";
+import { sample, scrape as scrapeMetrics } from "../_lib/metrics.ts";
 import postgres from "postgres";
 import { createClient } from "@supabase/supabase-js";
 import { userJwt } from "../_lib/jwt.ts";
@@ -48,7 +49,6 @@ import {
   uuidArray,
 } from "../_lib/throwaway.ts";
 import type { PresenceEvent } from "../../functions/_shared/presence.ts";
-import { SERVICE_ROLE_KEY } from "../_lib/env.ts";
 
 const POOL_CAP = 5;
 const REQUEST_TIMEOUT_MS = 15_000;
@@ -150,19 +150,7 @@ interface User {
   lng: number;
 }
 
-async function scrape(stack: Stack): Promise<string> {
-  const res = await fetch(`${stack.url}/metrics`, {
-    headers: { authorization: `Bearer ${SERVICE_ROLE_KEY}` },
-    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
-  });
-  assert.equal(res.status, 200);
-  return await res.text();
-}
-
-function sample(text: string, series: string): number | undefined {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
-}
+const scrape = (stack: Stack) => scrapeMetrics(stack.url);
 
 /** Every user's newest event time held in Postgres (profile or buffer), in ms. */
 async function heldAt(db: postgres.Sql, ids: string[]): Promise<Map<string, number>> {

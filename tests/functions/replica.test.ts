@@ -4,35 +4,23 @@
 // nothing, and the snapshot comes from the primary instead, just as complete; resumed, the
 // replica serves again. (The replica stopped outright is a fault test: tests/faults.)
 import assert from "node:assert/strict";
+import { sample, scrape } from "../_lib/metrics.ts";
 import postgres from "postgres";
 import { Redis } from "ioredis";
-import { DB_URL, FUNCTIONS_URL, REDIS_URL, REPLICA_DB_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { DB_URL, FUNCTIONS_URL, REDIS_URL, REPLICA_DB_URL } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { sleep, test } from "../_lib/harness.ts";
 import { forget } from "../../functions/_shared/live_index.ts";
 
+const value = (text: string, series: string) => sample(text, series) ?? 0;
 const db = postgres(DB_URL, { max: 2, onnotice: () => {} });
 const replica = postgres(REPLICA_DB_URL!, { max: 1, onnotice: () => {} });
 const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
 const EMAIL_DOMAIN = "replica.test";
 
-async function metrics(): Promise<string> {
-  const res = await fetch(`${FUNCTIONS_URL}/metrics`, {
-    headers: { authorization: `Bearer ${SERVICE_ROLE_KEY}` },
-  });
-  assert.equal(res.status, 200);
-  return await res.text();
-}
-
-function sample(text: string, series: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line === undefined ? 0 : Number(line.slice(series.length + 1));
-}
-
-const reads = (text: string, route: string) =>
-  sample(text, `sltr_db_reads_total{route="${route}"}`);
+const reads = (text: string, route: string) => value(text, `sltr_db_reads_total{route="${route}"}`);
 const reconciliations = (text: string) =>
-  sample(text, 'sltr_live_index_syncs_total{kind="reconcile"}');
+  value(text, 'sltr_live_index_syncs_total{kind="reconcile"}');
 
 async function waitFor(what: string, ok: () => Promise<boolean>, ms = 10_000): Promise<void> {
   const until = performance.now() + ms;
@@ -71,7 +59,7 @@ const indexedOnline = async () => (await redis.hget(`{live}:user:${userId}`, "o"
 
 /** Makes the reconciliation due and lets a read start it; returns once it has run. */
 async function reconcile(): Promise<void> {
-  const before = reconciliations(await metrics());
+  const before = reconciliations(await scrape());
   await redis.del("{live}:reconciled");
   const res = await fetch(`${FUNCTIONS_URL}/online-status`, {
     method: "POST",
@@ -82,7 +70,7 @@ async function reconcile(): Promise<void> {
     body: JSON.stringify({ user_ids: [userId] }),
   });
   assert.equal(res.status, 200, await res.text());
-  await waitFor("the reconciliation", async () => reconciliations(await metrics()) > before);
+  await waitFor("the reconciliation", async () => reconciliations(await scrape()) > before);
 }
 
 test("setup_a_user_offline_in_postgres_and_in_the_index", async () => {
@@ -94,23 +82,35 @@ test("setup_a_user_offline_in_postgres_and_in_the_index", async () => {
   });
   await offline();
   assert.equal(await indexedOnline(), false);
+  // A built index (a cold one is rebuilt, not reconciled): reads build it if it is not.
+  await waitFor("the live index built", async () => {
+    await fetch(`${FUNCTIONS_URL}/online-status`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${await userJwt(userId)}`,
+        "content-type": "application/json",
+      },
+      body: JSON.stringify({ user_ids: [userId] }),
+    }).then((r) => r.body?.cancel());
+    return (await redis.exists("{live}:built")) === 1;
+  }, 120_000);
 });
 
 test("the_reconciliation_reads_the_replica_and_its_snapshot_holds_a_write_made_just_before", async () => {
   await waitFor("the replica serving reads", async () => {
-    const m = await metrics();
-    return sample(m, "sltr_db_replica_up") === 1 && sample(m, "sltr_db_replica_lag_seconds") < 0.5;
+    const m = await scrape();
+    return value(m, "sltr_db_replica_up") === 1 && value(m, "sltr_db_replica_lag_seconds") < 0.5;
   });
-  const before = await metrics();
+  const before = await scrape();
   await onlineInPostgresOnly();
   assert.equal(await indexedOnline(), false, "the index missed the write");
   await reconcile();
-  const after = await metrics();
+  const after = await scrape();
   assert.ok(await indexedOnline(), "the reconciliation found the write");
   assert.ok(reads(after, "replica") > reads(before, "replica"), "it read the replica");
   assert.ok(
-    sample(after, 'sltr_db_query_duration_seconds_count{query="replica_fence",outcome="ok"}') >
-      sample(before, 'sltr_db_query_duration_seconds_count{query="replica_fence",outcome="ok"}'),
+    value(after, 'sltr_db_query_duration_seconds_count{query="replica_fence",outcome="ok"}') >
+      value(before, 'sltr_db_query_duration_seconds_count{query="replica_fence",outcome="ok"}'),
     "after waiting until the replica had replayed the primary's position",
   );
   await offline();
@@ -122,11 +122,11 @@ test("a_lagging_replica_serves_nothing_and_the_snapshot_comes_from_the_primary",
     await onlineInPostgresOnly(); // WAL the replica receives and does not replay
     await waitFor(
       "the functions seeing the lag",
-      async () => sample(await metrics(), "sltr_db_replica_lag_seconds") > 0.5,
+      async () => value(await scrape(), "sltr_db_replica_lag_seconds") > 0.5,
     );
-    const before = await metrics();
+    const before = await scrape();
     await reconcile();
-    const after = await metrics();
+    const after = await scrape();
     assert.ok(await indexedOnline(), "the snapshot holds the write the replica has not replayed");
     assert.equal(reads(after, "replica"), reads(before, "replica"), "nothing read the replica");
     assert.ok(
@@ -138,14 +138,14 @@ test("a_lagging_replica_serves_nothing_and_the_snapshot_comes_from_the_primary",
   }
   await offline();
   await waitFor("the replica caught up", async () => {
-    const m = await metrics();
-    return sample(m, "sltr_db_replica_up") === 1 && sample(m, "sltr_db_replica_lag_seconds") < 0.5;
+    const m = await scrape();
+    return value(m, "sltr_db_replica_up") === 1 && value(m, "sltr_db_replica_lag_seconds") < 0.5;
   });
-  const before = await metrics();
+  const before = await scrape();
   await onlineInPostgresOnly();
   await reconcile();
   assert.ok(await indexedOnline());
-  assert.ok(reads(await metrics(), "replica") > reads(before, "replica"), "resumed, it serves");
+  assert.ok(reads(await scrape(), "replica") > reads(before, "replica"), "resumed, it serves");
 });
 
 test("teardown", async () => {

@@ -642,8 +642,8 @@ async function presencePhase() {
     }
   })();
 
-  await sleep(args.warmup * 1000);
-  const before = {
+  // Everything the window is judged by, read at its start and its end.
+  const counters = async () => ({
     presence: await statements(PRESENCE_SQL),
     reconcile: await statements(RECONCILE_SQL),
     reads: await statements(READ_SQL),
@@ -655,25 +655,15 @@ async function presencePhase() {
     cpu: await cpuNow(),
     pg: await postgresCpuNow(),
     top: await statementsNow(),
-  };
+  });
+  await sleep(args.warmup * 1000);
+  const before = await counters();
   const measureStart = performance.now();
   measuring = true;
   await sleep(args.duration * 1000);
   measuring = false;
   const seconds = (performance.now() - measureStart) / 1000;
-  const after = {
-    presence: await statements(PRESENCE_SQL),
-    reconcile: await statements(RECONCILE_SQL),
-    reads: await statements(READ_SQL),
-    replica: replicaDb && {
-      reads: await statements(READ_SQL, replicaDb),
-      reconcile: await statements(RECONCILE_SQL, replicaDb),
-    },
-    routes: await readRoutes(),
-    cpu: await cpuNow(),
-    pg: await postgresCpuNow(),
-    top: await statementsNow(),
-  };
+  const after = await counters();
   // Then nearby alone, at the same rate, to price one nearby request.
   nearbyOnly = true;
   const nearbyCount0 = h.nearby.count;

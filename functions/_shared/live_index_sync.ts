@@ -31,12 +31,17 @@ const CHUNK_ROWS = 5000;
 const SYNC_DEADLINE_MS = 110_000;
 
 /** A whole snapshot into the index, chunk by chunk; returns how many rows and who was online.
- * Two statements, not one with an argument, so pg_stat_statements tells them apart. On the
- * read replica once it has caught up with this moment (freshReadQuery), so that the snapshot
- * holds every write that happened before `takenAt`, as PRUNE assumes; a replica failing
- * half-way leaves the rest to the primary, from the start (LOAD never undoes a newer write). */
+ * Two statements, not one with an argument, so pg_stat_statements tells them apart. A
+ * reconciliation reads the replica once it has caught up with this moment (freshReadQuery), so
+ * that the snapshot holds every write that happened before `takenAt`, as PRUNE assumes; a
+ * replica failing half-way leaves the rest to the primary, from the start (LOAD never undoes a
+ * newer write). */
 async function stream(kind: "rebuild" | "reconcile", r: Redis) {
-  return await freshReadQuery(
+  // A rebuild is what every read waits for (the index is cold until it ends): the primary's,
+  // never queued behind the replica's reads or its fence. The minute's reconciliation, in the
+  // background, is the replica's.
+  const read = kind === "rebuild" ? query : freshReadQuery;
+  return await read(
     async (sql) => {
       let rows = 0;
       const online: string[] = [];

@@ -278,6 +278,13 @@ stop_one() {
     log "stopping $name"
     kill "$(head -n1 "$pidfile")" 2>/dev/null || true
     for _ in $(seq 50); do pid_alive "$pidfile" || break; sleep 0.1; done
+    # `deno serve` drains open keep-alive connections on SIGTERM and may never end; a server
+    # left behind would go on answering beside its successor (the port is shared: reusePort).
+    if pid_alive "$pidfile"; then
+      log "$name did not stop within 5 s: killing it"
+      kill -9 "$(head -n1 "$pidfile")" 2>/dev/null || true
+      for _ in $(seq 20); do pid_alive "$pidfile" || break; sleep 0.1; done
+    fi
   fi
   rm -f "$pidfile"
 }

@@ -67,6 +67,15 @@ async function withTimeout<T>(work: Promise<T>, ms: number, what: string): Promi
   }
 }
 
+/** Redis gone: SHUTDOWN closes every client connection at once (stack.sh start brings it back). */
+async function stopRedis(stack: Stack): Promise<void> {
+  await new Deno.Command("redis-cli", {
+    args: ["-p", String(stack.redisPort), "shutdown", "nosave"],
+    stdout: "null",
+    stderr: "null",
+  }).output();
+}
+
 function functionsPid(stack: Stack): number {
   return Number(Deno.readTextFileSync(`${stack.state}/run/functions.pid`).trim());
 }
@@ -205,12 +214,8 @@ async function redisOutage(stack: Stack, users: User[]): Promise<void> {
   const workers = [worker(), worker()];
 
   await sleep(800);
-  // Redis goes away: SHUTDOWN closes every client connection at once.
-  await new Deno.Command("redis-cli", {
-    args: ["-p", String(stack.redisPort), "shutdown", "nosave"],
-    stdout: "null",
-    stderr: "null",
-  }).output();
+  // Redis goes away.
+  await stopRedis(stack);
   const downAt = performance.now();
   await sleep(1500);
   const duringOutage = await scrape(stack);
@@ -415,11 +420,7 @@ async function replicaStopped(stack: Stack, users: User[]): Promise<void> {
   const viewer = await userJwt(users[0].id);
   const ids = users.map((u) => u.id);
   // Redis away, so that every read is answered by Postgres: the replica when it can.
-  await new Deno.Command("redis-cli", {
-    args: ["-p", String(stack.redisPort), "shutdown", "nosave"],
-    stdout: "null",
-    stderr: "null",
-  }).output();
+  await stopRedis(stack);
   const answers: Answer[] = [];
   let stop = false;
   const worker = async () => {
@@ -712,11 +713,7 @@ async function pushesThroughOutages(stack: Stack, [watcher, watched]: User[]): P
     await sendBatch(stack, [{ user_id: watcher.id, status: "online", at: nextAt(watcher.id) }]);
 
     // Redis away: pushes do not use it.
-    await new Deno.Command("redis-cli", {
-      args: ["-p", String(stack.redisPort), "shutdown", "nosave"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
+    await stopRedis(stack);
     await retrySend("online");
     await expect(true, "with Redis down", 2000);
     await stackSh(stack, "start");

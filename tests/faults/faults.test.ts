@@ -323,13 +323,16 @@ async function postgresRestart(stack: Stack, users: User[]): Promise<void> {
   await sleep(1000);
   await pgCtl(stack, "-m", "fast", "-w", "stop");
   const downAt = performance.now();
+  // Down for longer than a request's 5 s database deadline, so that the batches sent early in
+  // the outage must be refused (PgBouncer holds them waiting for a server, server_login_retry
+  // 2 s, and a shorter outage would let them through once Postgres is back).
   await sleep(2500);
   const duringOutage = await scrape(stack);
-  await sleep(500);
+  await sleep(3500);
   await pgCtl(stack, "-l", `${stack.state}/log/postgres.log`, "-w", "-t", "60", "start");
   const upAt = performance.now();
 
-  // Recovered: 202s again (PgBouncer retries the server login every server_login_retry = 15 s).
+  // Recovered: 202s again (PgBouncer retries the server login every server_login_retry = 2 s).
   let recoveredAt: number | undefined;
   for (let i = 0; i < 300 && recoveredAt === undefined; i++) {
     await sleep(100);

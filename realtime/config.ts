@@ -87,8 +87,8 @@ export interface RealtimeConfig {
   confirmTokenIntervalMs: number;
   /** Tenant setting "only private channels". */
   privateOnly: boolean;
-  /** How long database broadcasts stay in realtime.messages (hosted drops daily partitions). */
-  messagesRetentionMinutes: number;
+  /** The janitor's period for realtime.messages partitions (JANITOR_SCHEDULE_TIMER_IN_MS). */
+  janitorIntervalMs: number;
 }
 
 function integer(env: (name: string) => string | undefined, name: string, fallback: number) {
@@ -151,6 +151,6 @@ export function realtimeConfig(
     maxFrameBytes: integer(env, "REALTIME_MAX_FRAME_BYTES", 5_000_000),
     confirmTokenIntervalMs: integer(env, "REALTIME_CONFIRM_TOKEN_INTERVAL_MS", 5 * 60_000),
     privateOnly: env("REALTIME_PRIVATE_ONLY") === "true",
-    messagesRetentionMinutes: integer(env, "REALTIME_MESSAGES_RETENTION_MINUTES", 10),
+    janitorIntervalMs: integer(env, "REALTIME_JANITOR_SCHEDULE_TIMER_IN_MS", 4 * 3_600_000),
   };
 }

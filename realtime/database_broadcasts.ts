@@ -5,7 +5,14 @@
 // realtime.messages, creates a TEMPORARY pgoutput slot and fans each insert out. So do we, with
 // postgres.js's replication client: no polling, no trigger, and rows committed while no slot
 // exists are never delivered, as hosted.
+//
+// realtime.messages is partitioned by day (supabase/bootstrap.sql, as hosted); this connection
+// keeps its partitions as hosted Realtime does: created from yesterday to three days ahead when
+// it connects (lib/realtime/tenants/migrations.ex create_partitions) and by the janitor, which
+// also drops the days past retention (lib/realtime/tenants/janitor.ex: every
+// JANITOR_SCHEDULE_TIMER_IN_MS, 4 hours, plus 1 to 59 random minutes).
 import postgres from "postgres";
+import { createMessagesPartitions, deleteOldMessages } from "./partitions.ts";
 
 export const PUBLICATION = "supabase_realtime_messages_publication";
 
@@ -32,7 +39,7 @@ export class DatabaseBroadcasts {
   private stopped = false;
   private retryTimer?: ReturnType<typeof setTimeout>;
   private watchdog?: ReturnType<typeof setInterval>;
-  private pruner?: ReturnType<typeof setInterval>;
+  private janitor?: ReturnType<typeof setTimeout>;
   private attempt = 0;
   /** The stream's backend (postgres.js clears pid while the stream is down). */
   private stream?: { pid?: number };
@@ -48,29 +55,37 @@ export class DatabaseBroadcasts {
     private readonly url: string,
     private readonly deliver: (m: DatabaseMessage) => void,
     private readonly log: Log,
-    private readonly retentionMinutes = 10,
+    /** The janitor's period (JANITOR_SCHEDULE_TIMER_IN_MS); 1 to 59 random minutes are added. */
+    private readonly janitorIntervalMs = 4 * 3_600_000,
   ) {}
 
   start(): void {
     void this.connect();
     this.watchdog ??= setInterval(() => this.check(), 1000);
-    this.pruner ??= setInterval(() => void this.prune(), 60_000);
+    this.scheduleJanitor();
   }
 
-  /** Hosted Realtime keeps realtime.messages in daily partitions and drops old ones; the
-   * local table is not partitioned, so old rows are deleted instead, keeping the last
-   * `retentionMinutes` (REALTIME_MESSAGES_RETENTION_MINUTES). */
-  private async prune(): Promise<void> {
-    const admin = postgres(this.url, { max: 1, onnotice: () => {}, connect_timeout: 5 });
+  private scheduleJanitor(): void {
+    if (this.stopped) return;
+    const jitter = (1 + Math.floor(Math.random() * 59)) * 60_000;
+    this.janitor = setTimeout(async () => {
+      await this.admin(async (sql) => {
+        const dropped = await deleteOldMessages(sql);
+        await createMessagesPartitions(sql);
+        this.log("info", "janitor: realtime.messages partitions kept", { dropped });
+      }).catch((e) =>
+        this.log("error", "JanitorFailedToDeleteOldMessages", { error: String(e?.message ?? e) })
+      );
+      this.scheduleJanitor();
+    }, this.janitorIntervalMs + jitter);
+  }
+
+  private async admin(work: (sql: postgres.Sql) => Promise<void>): Promise<void> {
+    const sql = postgres(this.url, { max: 1, onnotice: () => {}, connect_timeout: 5 });
     try {
-      await admin`delete from realtime.messages
-                  where inserted_at < now() - make_interval(mins => ${this.retentionMinutes})`;
-    } catch (e) {
-      this.log("warn", "database broadcasts: pruning realtime.messages failed", {
-        error: String(e),
-      });
+      await work(sql);
     } finally {
-      await admin.end({ timeout: 1 });
+      await sql.end({ timeout: 1 });
     }
   }
 
@@ -93,7 +108,10 @@ export class DatabaseBroadcasts {
   private async connect(): Promise<void> {
     if (this.stopped) return;
     try {
-      await this.ensurePublication();
+      await this.admin(async (sql) => {
+        await createMessagesPartitions(sql);
+        await ensurePublication(sql);
+      });
       const sql = postgres(this.url, {
         publications: PUBLICATION,
         onnotice: () => {},
@@ -101,9 +119,15 @@ export class DatabaseBroadcasts {
         connection: { application_name: "sltr-realtime-replication" },
       });
       this.sql = sql;
+      // The stream names the partition a row went to (realtime.messages_2026_12_07), not the
+      // parent, so every insert is taken and the partitions picked by name, as hosted does
+      // (replication_connection.ex: schema realtime, table starting with "messages").
       const handle = await sql.subscribe(
-        "insert:realtime.messages",
-        (row) => this.onRow(row),
+        "insert",
+        (row, info) => {
+          const { schema, table } = (info as unknown as { relation: Relation }).relation;
+          if (schema === "realtime" && table.startsWith("messages")) this.onRow(row);
+        },
         () => {
           this.attempt = 0;
         },
@@ -121,20 +145,6 @@ export class DatabaseBroadcasts {
         retry_ms: delay,
       });
       this.retryTimer = setTimeout(() => void this.connect(), delay);
-    }
-  }
-
-  /** Hosted Realtime creates the publication when it first connects (connect.ex). */
-  private async ensurePublication(): Promise<void> {
-    const admin = postgres(this.url, { max: 1, onnotice: () => {}, connect_timeout: 5 });
-    try {
-      await admin.unsafe(`do $$ begin
-        if not exists (select from pg_publication where pubname = '${PUBLICATION}') then
-          create publication ${PUBLICATION} for table realtime.messages;
-        end if;
-      end $$`);
-    } finally {
-      await admin.end({ timeout: 1 });
     }
   }
 
@@ -160,7 +170,28 @@ export class DatabaseBroadcasts {
     this.stopped = true;
     clearTimeout(this.retryTimer);
     clearInterval(this.watchdog);
-    clearInterval(this.pruner);
+    clearTimeout(this.janitor);
     await this.sql?.end({ timeout: 1 }).catch(() => {});
   }
+}
+
+interface Relation {
+  schema: string;
+  table: string;
+}
+
+/** Hosted Realtime creates the publication when it connects and recreates it when it does not
+ * publish realtime.messages (replication_connection.ex); converting the table to partitions
+ * (supabase/bootstrap.sql) drops it from the publication. */
+async function ensurePublication(sql: postgres.Sql): Promise<void> {
+  await sql.unsafe(`do $$ begin
+    if not exists (
+      select from pg_publication_rel as rel
+      join pg_publication as pub on pub.oid = rel.prpubid
+      where pub.pubname = '${PUBLICATION}' and rel.prrelid = 'realtime.messages'::regclass
+    ) then
+      drop publication if exists ${PUBLICATION};
+      create publication ${PUBLICATION} for table realtime.messages;
+    end if;
+  end $$`);
 }

@@ -77,7 +77,7 @@ export class RealtimeServer {
         config.replicationUrl,
         (m) => this.deliverDatabaseMessage(m),
         log,
-        config.messagesRetentionMinutes,
+        config.janitorIntervalMs,
       );
     }
   }

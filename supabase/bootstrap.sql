@@ -112,14 +112,30 @@ create table if not exists supabase_migrations.schema_migrations (
 -- realtime.messages (the broadcast outbox, with RLS that authorizes private channels),
 -- realtime.topic() for those policies, and realtime.send() to broadcast from SQL. Hosted,
 -- the Realtime server delivers each row inserted by realtime.send to the topic's subscribers;
--- here nothing delivers them, so they stay in the table for tests to read. Created only when
--- missing: on hosted Supabase this block does nothing.
+-- locally the Realtime endpoint (realtime/) does the same. Created only when missing: on
+-- hosted Supabase this block does nothing.
+--
+-- realtime.messages is partitioned by day on inserted_at, exactly as hosted
+-- (supabase/realtime priv/repo/tenant_schema/realtime/tables/messages.sql), and has no
+-- partition until the Realtime endpoint creates them: yesterday to three days ahead, when it
+-- connects and when its janitor runs, which also drops partitions older than 72 hours
+-- (lib/realtime/tenants.ex create_messages_partitions, lib/realtime/messages.ex
+-- delete_old_messages; realtime/partitions.ts here). A row for a day with no partition fails
+-- with 23514, as it does hosted.
 create schema if not exists realtime;
+grant usage on schema realtime to anon, authenticated, service_role;
 
 do $$
+declare
+  policy record;
 begin
+  -- A cluster bootstrapped before the table was partitioned: convert it as hosted Realtime's
+  -- own migration did (20241030150047_messages_partitioning.ex): a new partitioned table with
+  -- the old one's policies, swapped in; the rows (transient broadcasts) are not carried over.
+  if (select c.relkind from pg_class as c where c.oid = to_regclass('realtime.messages')) = 'r' then
+    alter table realtime.messages rename to messages_unpartitioned;
+  end if;
   if to_regclass('realtime.messages') is null then
-    -- Hosted, the table is partitioned by day on inserted_at; the columns are the same.
     create table realtime.messages (
       topic text not null,
       extension text not null,
@@ -130,10 +146,34 @@ begin
       inserted_at timestamp without time zone not null default now(),
       id uuid not null default gen_random_uuid(),
       primary key (id, inserted_at)
-    );
+    ) partition by range (inserted_at);
+    create index messages_inserted_at_topic_index on only realtime.messages
+      using btree (inserted_at desc, topic)
+      where extension = 'broadcast' and private is true;
     alter table realtime.messages enable row level security;
-    grant usage on schema realtime to anon, authenticated, service_role;
-    grant select, insert on realtime.messages to anon, authenticated, service_role;
+    alter table realtime.messages owner to supabase_realtime_admin;
+    grant insert, select, update on realtime.messages to anon, authenticated, service_role;
+    -- Hosted grants postgres these too (Realtime's SquashMigrations configure_grants): the
+    -- inbox pruning (migrations/*_push_never_aborts_ingest.sql) runs as postgres from pg_cron.
+    grant delete, truncate, references, trigger on realtime.messages to postgres;
+  end if;
+  if to_regclass('realtime.messages_unpartitioned') is not null then
+    for policy in
+      select p.policyname, p.permissive, p.cmd, p.roles, p.qual, p.with_check
+      from pg_policies as p
+      where p.schemaname = 'realtime' and p.tablename = 'messages_unpartitioned'
+    loop
+      execute format('create policy %I on realtime.messages as %s for %s to %s%s%s',
+        policy.policyname, policy.permissive, policy.cmd,
+        (select string_agg(quote_ident(r), ', ') from unnest(policy.roles) as r),
+        coalesce(' using (' || policy.qual || ')', ''),
+        coalesce(' with check (' || policy.with_check || ')', ''));
+      execute format('comment on policy %I on realtime.messages is %L', policy.policyname,
+        (select d.description from pg_policy as pp join pg_description as d on d.objoid = pp.oid
+         where pp.polrelid = 'realtime.messages_unpartitioned'::regclass
+           and pp.polname = policy.policyname));
+    end loop;
+    drop table realtime.messages_unpartitioned;
   end if;
   if to_regprocedure('realtime.topic()') is null then
     create function realtime.topic() returns text language sql stable as $f$

@@ -38,6 +38,12 @@ export interface Snapshot {
     max_connections: number;
   };
   slowest_query_p95_ms: number | null;
+  /** monitoring.push_health(): failed pushes within push_failure_window_seconds. */
+  push?: {
+    failures: number;
+    changes_lost: number;
+    seconds_since_last_failure: number | null;
+  };
   cron_jobs: {
     jobname: string;
     is_active: boolean;
@@ -134,6 +140,19 @@ export function databaseRegistry(s: Snapshot | undefined, redisUp: boolean): Reg
     "sltr_presence_flush_last_success_age_seconds",
     "Seconds since the last successful presence-flush pg_cron run ended.",
     p.seconds_since_last_flush,
+  );
+
+  gauge(
+    reg,
+    "sltr_push_failures_recent",
+    "Pushes to inboxes that failed within push_failure_window_seconds (presence was recorded).",
+    s.push ? Number(s.push.failures) : null,
+  );
+  gauge(
+    reg,
+    "sltr_push_changes_lost_recent",
+    "Status changes those failed pushes did not deliver to any inbox.",
+    s.push ? Number(s.push.changes_lost) : null,
   );
 
   const c = s.connections;

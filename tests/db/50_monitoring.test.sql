@@ -10,13 +10,15 @@ select plan(47);
 
 -- Shape and privileges.
 select has_schema('monitoring');
-select tables_are('monitoring', array['settings'], 'monitoring has one table, its settings');
+select tables_are('monitoring', array['push_failures', 'settings'],
+  'monitoring has two tables, its settings and the failed pushes');
 select views_are('monitoring',
   array['activity', 'connections', 'cron_jobs', 'presence_pipeline', 'query_stats', 'slow_queries'],
   'monitoring has the pg_stat_statements, pg_stat_activity, pg_cron and presence views');
 select functions_are('monitoring',
   array['check_alerts', 'check_core_alerts', 'cron_job_status', 'flush_interval_seconds',
-        'metrics_snapshot', 'presence_pipeline_status', 'replication_status', 'session_activity',
+        'metrics_snapshot', 'presence_pipeline_status', 'push_health', 'replication_status',
+        'session_activity',
         'setting', 'statement_stats', 'users_online'],
   'monitoring has its functions');
 select is(pg_get_function_result('monitoring.check_alerts()'::regprocedure),

@@ -21,6 +21,10 @@
 //                           do not need Redis (Redis stopped: they still arrive); with
 //                           Postgres stopped they pause (the webhook answers 503) and resume
 //                           once it is back (the replication stream is recreated).
+//   missing_inbox_partition today's partition of realtime.messages detached (as on a hosted
+//                           project whose Realtime has not created it): a signed batch with
+//                           watched changes is still answered 202 and buffered; the failed
+//                           push is counted (monitoring.push_failures, push_failed, metrics).
 //   replica_stopped         the read replica stopped and started under a stream of reads
 //                           that need Postgres (Redis stopped): no 5xx, reads move to the
 //                           primary within seconds and come back to the replica after.
@@ -671,6 +675,53 @@ async function cronFlushFailure(stack: Stack, users: User[]): Promise<void> {
   }
 }
 
+/** A push that cannot be written (no partition of realtime.messages for today) costs nothing
+ * of presence: the batch commits and the failure is counted. */
+async function missingInboxPartition(stack: Stack, [watcher, watched]: User[]): Promise<void> {
+  const db = direct(stack);
+  const today = `realtime.messages_${new Date().toISOString().slice(0, 10).replaceAll("-", "_")}`;
+  let detached = false;
+  try {
+    await db`insert into public.favorites (user_id, favorite_id) values (${watcher.id}, ${watched.id})
+             on conflict do nothing`;
+    const online = await sendBatch(stack, [
+      { user_id: watcher.id, status: "online", at: nextAt(watcher.id) },
+      { user_id: watched.id, status: "offline", at: nextAt(watched.id) },
+    ]);
+    assert.equal(online.status, 202, JSON.stringify(online.body));
+    await db`delete from monitoring.push_failures`;
+
+    await db.unsafe(`alter table realtime.messages detach partition ${today}`);
+    detached = true;
+    const at = nextAt(watched.id);
+    const sent = await sendBatch(stack, [{ user_id: watched.id, status: "online", at }]);
+    assert.equal(sent.status, 202, JSON.stringify(sent.body));
+    assert.equal(sent.body?.accepted, 1);
+    const [buffered] = await db<{ event_at: Date; is_online: boolean }[]>`
+      select event_at, is_online from public.presence_buffer where user_id = ${watched.id}`;
+    assert.equal(buffered?.event_at.getTime(), Date.parse(at), "the event is in the buffer");
+    assert.equal(buffered?.is_online, true);
+    const failures = await db<{ sqlstate: string; changes: number }[]>`
+      select sqlstate, changes::int from monitoring.push_failures`;
+    assert.deepEqual([...failures], [{ sqlstate: "23514", changes: 1 }], "the failure is recorded");
+    const metrics = await scrape(stack);
+    assert.equal(sample(metrics, "sltr_push_failures_recent"), 1);
+    assert.equal(sample(metrics, "sltr_push_changes_lost_recent"), 1);
+    assert.equal(sample(metrics, 'sltr_alerts_firing{alert="push_failed",severity="critical"}'), 1);
+    console.log(
+      "missing_inbox_partition: batch answered 202 and buffered; push failed with 23514 and counted",
+    );
+  } finally {
+    if (detached) {
+      const day = new Date().toISOString().slice(0, 10);
+      await db.unsafe(`alter table realtime.messages attach partition ${today}
+        for values from ('${day}') to ('${day}'::date + 1)`).catch((e) => console.error(e));
+    }
+    await db`delete from monitoring.push_failures`.catch(() => {});
+    await db.end();
+  }
+}
+
 /** A watcher's pushes through a Redis outage and a Postgres restart. */
 async function pushesThroughOutages(stack: Stack, [watcher, watched]: User[]): Promise<void> {
   const db = direct(stack);
@@ -795,6 +846,10 @@ Deno.test({
         [
           "pushes_survive_redis_down_pause_with_postgres_down_and_resume",
           () => pushesThroughOutages(stack, users.slice(270, 272)),
+        ],
+        [
+          "missing_inbox_partition_push_fails_and_presence_commits",
+          () => missingInboxPartition(stack, users.slice(272, 274)),
         ],
         [
           "replica_stopped_reads_fall_back_to_the_primary_without_5xx_and_return",

@@ -89,15 +89,27 @@ async function functionError(error: unknown): Promise<SltrApiError> {
   return new SltrApiError("network_error", (error as Error)?.message ?? String(error));
 }
 
+/** PostgREST's max_rows on the hosted project (supabase/config.toml [api] max_rows). */
+export const MAX_ROWS = 1000;
+
 export class SltrApi {
   constructor(private readonly supabase: SupabaseClient<Database>) {}
 
-  /** RPC get_online_users_batch: the status of up to 10,000 users in one query. */
+  /** RPC get_online_users_batch: the status of any number of users, one query per
+   * MAX_ROWS ids (the API returns at most max_rows rows, and the RPC refuses longer lists);
+   * the pages run side by side, each counting against the caller's quota. */
   async getOnlineUsersBatch(userIds: string[]): Promise<OnlineStatus[]> {
-    const args: Functions["get_online_users_batch"]["Args"] = { user_ids: userIds };
-    const { data, error, status } = await this.supabase.rpc("get_online_users_batch", args);
-    if (error) throw rpcError(error, status);
-    return (data ?? []) as OnlineStatus[];
+    const ids = [...new Set(userIds)];
+    const pages: string[][] = [];
+    for (let i = 0; i < ids.length; i += MAX_ROWS) pages.push(ids.slice(i, i + MAX_ROWS));
+    if (ids.length === 0) return [];
+    const answers = await Promise.all(pages.map(async (page) => {
+      const args: Functions["get_online_users_batch"]["Args"] = { user_ids: page };
+      const { data, error, status } = await this.supabase.rpc("get_online_users_batch", args);
+      if (error) throw rpcError(error, status);
+      return (data ?? []) as OnlineStatus[];
+    }));
+    return answers.flat();
   }
 
   /** RPC nearby_online_users: online users near a point, nearest first, never the caller. */

@@ -28,6 +28,26 @@ begin
 end
 $$;
 
+-- The API roles' statement timeouts, as supabase/postgres sets them (anon 3 s, authenticated
+-- and authenticator 8 s; Supabase docs, guides/database/postgres/timeouts). PostgREST applies
+-- the impersonated role's settings on every request (functions/_serve/postgrest.ts here).
+do $$
+declare
+  timeouts constant jsonb := '{"anon": "3s", "authenticated": "8s", "authenticator": "8s"}';
+  api_role text;
+begin
+  for api_role in select jsonb_object_keys(timeouts) loop
+    if not exists (
+      select from pg_db_role_setting as s, pg_options_to_table(s.setconfig) as o
+      where s.setrole = api_role::regrole and s.setdatabase = 0
+        and o.option_name = 'statement_timeout'
+    ) then
+      execute format('alter role %I set statement_timeout = %L', api_role, timeouts ->> api_role);
+    end if;
+  end loop;
+end
+$$;
+
 create schema if not exists extensions;
 grant usage on schema extensions to anon, authenticated, service_role;
 

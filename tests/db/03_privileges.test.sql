@@ -2,7 +2,7 @@
 -- executes the RPCs they call and nothing else; no client role may truncate, reference or put
 -- triggers on our tables, and anon has no legacy way in. All rolled back.
 begin;
-select plan(15);
+select plan(16);
 
 select results_eq(
   $$select p.oid::regprocedure::text from pg_proc as p where p.pronamespace = 'public'::regnamespace order by 1$$,
@@ -15,6 +15,11 @@ select is_empty(
     where p.pronamespace = 'private'::regnamespace and a.grantee in (0, 'anon'::regrole, 'authenticated'::regrole)
       and p.oid <> 'private.check_request_quota()'::regprocedure$$,
   'nothing in private is executable by PUBLIC, anon or authenticated (but PostgREST''s quota hook, as the caller)');
+
+-- PostgREST runs its pre-request hook as the request's role: anon too, or no anon request works.
+set local role anon;
+select lives_ok($$select private.check_request_quota()$$, 'anon may run PostgREST''s quota hook');
+reset role;
 
 -- The functions' role: exactly what they call.
 select ok(exists (select from pg_roles where rolname = 'sltr_functions' and not rolsuper and not rolbypassrls

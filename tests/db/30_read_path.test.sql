@@ -3,7 +3,7 @@
 -- trilateration from many chosen points cannot place a user better than their ~500 m cell.
 -- Everything happens in the South Atlantic (45° S, 30° W), where no other data lives.
 begin;
-select plan(63);
+select plan(65);
 
 -- The objects and their contracts.
 select has_function('public', 'get_online_users_batch', array['uuid[]'], 'get_online_users_batch(uuid[]) exists');
@@ -118,6 +118,16 @@ select throws_ok(
   $$ select * from public.get_online_users_batch(array(select gen_random_uuid() from generate_series(1, 10001))) $$,
   '22023', 'user_ids must be an array of at most 10000 ids, got 10001',
   'batch: 10001 ids are refused with 22023 and a clear message');
+-- Through the API (PostgREST sets request.method) at most max_rows = 1000, never cut short.
+select set_config('request.method', 'POST', true) as through_the_api \gset
+select lives_ok(
+  $$ select count(*) from public.get_online_users_batch(array(select gen_random_uuid() from generate_series(1, 1000))) $$,
+  'batch through the API: 1000 ids are accepted');
+select throws_ok(
+  $$ select * from public.get_online_users_batch(array(select gen_random_uuid() from generate_series(1, 1001))) $$,
+  '22023', 'user_ids must be an array of at most 1000 ids, got 1001',
+  'batch through the API: 1001 ids are refused (PostgREST would return only 1000 rows)');
+select set_config('request.method', '', true) as direct_again \gset
 select throws_ok($$ select * from public.get_online_users_batch(null) $$, '22023', null,
   'batch: null is refused with 22023');
 

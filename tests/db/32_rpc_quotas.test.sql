@@ -4,8 +4,9 @@
 begin;
 select plan(10);
 
-select is((select setconfig from pg_db_role_setting where setrole = 'authenticator'::regrole and setdatabase = 0),
-  array['pgrst.db_pre_request=private.check_request_quota'], 'PostgREST''s login role runs the hook before every request');
+select is((select o.option_value from pg_db_role_setting as s, pg_options_to_table(s.setconfig) as o
+           where s.setrole = 'authenticator'::regrole and s.setdatabase = 0 and o.option_name = 'pgrst.db_pre_request'),
+  'private.check_request_quota', 'PostgREST''s login role runs the hook before every request');
 select is_empty(
   $$select p.proname from pg_proc as p
     where p.oid in ('public.nearby_online_users(double precision, double precision, integer, integer)'::regprocedure,

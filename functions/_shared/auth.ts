@@ -19,8 +19,23 @@ let key: Uint8Array | undefined;
 const verified = new Map<string, Readonly<Claims>>();
 const VERIFIED_MAX = 50_000; // ~0.5 KB each
 
+/** The issuer of a hosted project's legacy API keys (anon, service_role): GoTrue issues user
+ * tokens as `https://<ref>.supabase.co/auth/v1`, but the keys on the dashboard were minted by the
+ * platform with `"iss": "supabase"` and the project's `ref`. */
+const API_KEY_ISSUER = "supabase";
+const API_KEY_ROLES = new Set(["anon", "service_role"]);
+
+/** With an issuer configured: a token from it, or one of the project's legacy API keys (issuer
+ * `supabase`, role anon or service_role, and the project's ref when the issuer names one). */
+function issuedHere(payload: Record<string, unknown>, issuer: string): boolean {
+  if (payload.iss === issuer) return true;
+  if (payload.iss !== API_KEY_ISSUER || !API_KEY_ROLES.has(payload.role as string)) return false;
+  const ref = /^https:\/\/([a-z0-9]+)\.supabase\.co\/auth\/v1\/?$/.exec(issuer)?.[1];
+  return ref === undefined || payload.ref === ref;
+}
+
 /** A project JWT: HS256 with the project secret, `exp` required (and in the future), a `role`,
- * and the configured issuer when SUPABASE_JWT_ISSUER is set. */
+ * and, when SLTR_JWT_ISSUER is set, issued by it (users) or one of the project's API keys. */
 export async function verifyJwt(token: string): Promise<Readonly<Claims>> {
   const known = verified.get(token);
   // jose's own test: expired once exp <= now, in whole seconds.
@@ -31,9 +46,10 @@ export async function verifyJwt(token: string): Promise<Readonly<Claims>> {
     const { payload } = await jwtVerify(token, key, {
       algorithms: ["HS256"],
       requiredClaims: ["exp"],
-      ...(env().jwtIssuer ? { issuer: env().jwtIssuer } : {}),
     });
     if (typeof payload.role !== "string") throw new Error("no role claim");
+    const issuer = env().jwtIssuer;
+    if (issuer && !issuedHere(payload, issuer)) throw new Error("another issuer");
     const claims = Object.freeze(payload as Claims);
     if (verified.size >= VERIFIED_MAX) verified.delete(verified.keys().next().value!);
     verified.set(token, claims);

@@ -6,8 +6,8 @@ import { freePort } from "./ports.ts";
 import { eventually } from "./harness.ts";
 
 /**
- * A private functions server (own process, own port, the test's environment plus `env`), to
- * kill or misconfigure. Ready when `readyPath` answers at all: the default, `presence-webhook`
+ * A private functions server (own process, own port, the test's environment plus `env`, or
+ * `env` alone with `clearEnv`), to kill or misconfigure. Ready when `readyPath` answers at all: the default, `presence-webhook`
  * by GET, is refused (405) before any connection to Postgres or Redis is made, so the server's
  * first real request starts cold.
  */
@@ -15,6 +15,7 @@ export async function startFunctionsServer(
   env: Record<string, string>,
   readyPath = "presence-webhook",
   port = freePort(),
+  opts: { clearEnv?: boolean } = {},
 ): Promise<{ url: string; child: Deno.ChildProcess }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
@@ -26,7 +27,8 @@ export async function startFunctionsServer(
       `${ROOT}/functions/_serve/main.ts`,
     ],
     cwd: ROOT,
-    env: { ...Deno.env.toObject(), FUNCTIONS_PORT: String(port), ...env },
+    clearEnv: opts.clearEnv,
+    env: { ...(opts.clearEnv ? {} : Deno.env.toObject()), FUNCTIONS_PORT: String(port), ...env },
     stdin: "null",
     stdout: Deno.env.get("SLTR_TEST_SERVER_LOGS") ? "inherit" : "null",
     stderr: Deno.env.get("SLTR_TEST_SERVER_LOGS") ? "inherit" : "null",

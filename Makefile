@@ -85,10 +85,13 @@ bench-workers: start ## One functions worker against one per core: nearby throug
 bench-push: start ## Push costs: inbox vs global topic, latency, messages/s, plan (BENCH_PUSH_ARGS=...)
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/push.ts $(BENCH_PUSH_ARGS)
 
+bench-rebuild: start ## The live index's rebuild and reconciliation at 1M users against hosted Edge Function limits (BENCH_REBUILD_ARGS=...)
+	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/rebuild.ts $(BENCH_REBUILD_ARGS)
+
 try-presence: start ## Seed user 7 tracks presence; seed user 8 sees them nearby, then gone (examples/presence.ts)
 	@source $(S)/lib.sh && "$$NODE_BIN/deno" run -A examples/presence.ts
 
 bench-realtime: start ## Figures of the local Realtime endpoint (BENCH_REALTIME_ARGS="--connections 10000")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/realtime.ts $(BENCH_REALTIME_ARGS)
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push bench-workers try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push bench-workers bench-rebuild try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz

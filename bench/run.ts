@@ -12,7 +12,6 @@ import { Redis } from "ioredis";
 import { localUserJwt } from "../scripts/token.ts";
 import {
   Args,
-  CITIES,
   cpuSeconds,
   Latency,
   paced,
@@ -21,7 +20,7 @@ import {
   sleep,
   treeCpuSeconds,
 } from "./lib.ts";
-import { ID_PREFIX, idOf, Population } from "./population.ts";
+import { ID_PREFIX, idOf, Population, seedUsers } from "./population.ts";
 import { writeReport } from "./report.ts";
 import {
   DB_URL,
@@ -78,33 +77,7 @@ const TARGET_ONLINE = Math.round(args.users * args.onlineRatio);
 async function loadUsers(): Promise<void> {
   const t0 = performance.now();
   progress("load", 0, 4, `creating ${args.users} users`);
-  await direct`delete from auth.users where email like 'bench-%@sltr.bench'`;
-  await direct.begin(async (tx) => {
-    await tx`select setseed(0.42)`;
-    await tx`
-      insert into auth.users (id, aud, role, email)
-      select ('b0000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, 'authenticated', 'authenticated',
-             'bench-' || n || '@sltr.bench'
-      from generate_series(1, ${args.users}::int) as n`;
-    progress("load", 1, 4, "profiles");
-    await tx`
-      insert into public.profiles (id, display_name, is_online, latitude, longitude, last_seen_at)
-      select ('b0000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, 'Bench ' || n,
-             n <= ${TARGET_ONLINE}::int,
-             least(89.0, greatest(-89.0, c.lat + r * cos(t) * 0.045)),
-             c.lng + r * sin(t) * 0.045 / cos(radians(c.lat)),
-             case when n <= ${TARGET_ONLINE}::int then now() - interval '2 seconds'
-                  else now() - interval '2 hours' end
-      from generate_series(1, ${args.users}::int) as n
-      cross join lateral (select sqrt(-2 * ln(1 - random())) as r, 2 * pi() * random() as t, n as k) as g
-      join jsonb_to_recordset(${tx.json(CITIES.map((c, i) => ({ ...c, i })))}::jsonb)
-        as c(i int, lat float8, lng float8) on c.i = g.k % ${CITIES.length}::int`;
-    await tx`
-      insert into public.presence_buffer (user_id, is_online, event_at, latitude, longitude)
-      select p.id, true, now(), p.latitude, p.longitude from public.profiles as p
-      where p.id between ${idOf(1)}::uuid and ${idOf(TARGET_ONLINE)}::uuid
-      on conflict (user_id) do update set is_online = true, event_at = excluded.event_at`;
-  });
+  await seedUsers(direct, args.users, TARGET_ONLINE, () => progress("load", 1, 4, "profiles"));
   progress("load", 2, 4, "analyze");
   await direct`analyze auth.users`;
   await direct`analyze public.profiles`;

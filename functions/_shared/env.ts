@@ -75,6 +75,9 @@ export interface Env {
   /** Reads Postgres may answer at once in a process when the live index cannot
    * (SLTR_FALLBACK_CONCURRENCY, default 4): see fallback() in db.ts. */
   fallbackConcurrency: number;
+  /** Users one step of the live index's rebuild loads (SLTR_LIVE_INDEX_REBUILD_PAGE_ROWS,
+   * default 100000): a step is one request's background work, within hosted's 2 s of CPU. */
+  liveIndexRebuildPageRows: number;
   /** Lifetime of a presence ticket (PRESENCE_TICKET_TTL_SECONDS, default 900). */
   presenceTicketTtlSeconds: number;
   /** Per-user quotas (quota.ts), each SLTR_QUOTA_<NAME>=<capacity>/<seconds to refill it>:
@@ -118,6 +121,7 @@ export function env(): Env {
     sentryEnvironment: optional("SENTRY_ENVIRONMENT"),
     sentryTracesSampleRate: Number(optional("SENTRY_TRACES_SAMPLE_RATE") ?? "0.1"),
     dbQueryTimeoutMs: Number(optional("SLTR_DB_QUERY_TIMEOUT_MS") ?? "5000"),
+    liveIndexRebuildPageRows: Number(optional("SLTR_LIVE_INDEX_REBUILD_PAGE_ROWS") ?? "100000"),
     fallbackConcurrency: Number(optional("SLTR_FALLBACK_CONCURRENCY") ?? "4"),
     presenceTicketTtlSeconds: Number(optional("PRESENCE_TICKET_TTL_SECONDS") ?? "900"),
     quotas: {

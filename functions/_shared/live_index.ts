@@ -30,6 +30,11 @@ export const NAMES = `${PREFIX}:names`;
 export const BUILT = `${PREFIX}:built`;
 /** Held while one process rebuilds the index (120 s at most). */
 export const REBUILDING = `${PREFIX}:rebuilding`;
+/** A rebuild under way, between its pages: taken_at (µs, Redis's clock, when its first page
+ * began), after (the last user id loaded), rows. */
+export const REBUILD_STATE = `${PREFIX}:rebuild`;
+/** The users the rebuild's pages so far had online. */
+export const REBUILD_ONLINE = `${PREFIX}:rebuild:online`;
 /** Set for a minute by whoever starts the minute's reconciliation. */
 export const RECONCILED = `${PREFIX}:reconciled`;
 /** How often the index is reconciled with Postgres. */

@@ -1,11 +1,19 @@
-// Keeping the live index true to Postgres: a cold or emptied Redis is rebuilt from one snapshot
-// of every user; every minute an online-only snapshot reconciles it (repairing writes lost
-// while Redis or the webhook's write-through failed). Both run in the background of whichever
-// read finds them due (the read's own script takes a lock in Redis, so it is one at a time
-// across processes: live_index.ts, Readiness), outside that request's statement count: their
-// database load is their own (sltr_live_index_*).
+// Keeping the live index true to Postgres: a cold or emptied Redis is rebuilt from Postgres a
+// page of users at a time; every minute an online-only snapshot reconciles it (repairing writes
+// lost while Redis or the webhook's write-through failed). Both run in the background of
+// whichever read finds them due (the read's own script takes a lock in Redis, so it is one at a
+// time across processes: live_index.ts, Readiness), outside that request's statement count:
+// their database load is their own (sltr_live_index_*).
+//
+// Why pages: on hosted, this work runs inside the request isolate that found it due, which gets
+// 2 s of CPU (150 s / 400 s of wall clock, 256 MB). One rebuild of a million users cost 3.6 s
+// of CPU, 27 s and 187 MB (bench/rebuild.ts, 2026-12-07): it would be killed every time and the
+// index would stay cold. A page of REBUILD_PAGE_ROWS users costs a tenth of that; the next
+// read that finds the index cold takes the next page, from where the last one stopped
+// ({live}:rebuild), until the last page builds the index.
 import type { Redis } from "ioredis";
 import { query } from "./db.ts";
+import { env } from "./env.ts";
 import { freshReadQuery } from "./replica.ts";
 import {
   BUILT,
@@ -13,6 +21,8 @@ import {
   load,
   prune,
   type Readiness,
+  REBUILD_ONLINE,
+  REBUILD_STATE,
   REBUILDING,
   RECONCILE_SECONDS,
   RECONCILED,
@@ -23,47 +33,28 @@ import { recordIndexSync } from "./metrics.ts";
 import { connected, writer } from "./redis.ts";
 import { outsideRequest } from "./request.ts";
 
-/** Rows a snapshot streams at a time: a million users never sit in memory at once (an Edge
- * Function has 256 MB), and Redis takes them in scripts of 500 between reads. */
+/** Rows a query streams at a time: a page never sits in memory at once, and Redis takes them
+ * in scripts of 500 between reads. */
 const CHUNK_ROWS = 5000;
-/** How long a rebuild or reconciliation may take, streaming included (the rebuild lock lasts
- * 120 s). A request's 5 s deadline would fail every rebuild of a million users. */
+/** How long one step may take, streaming included (the rebuild lock lasts 120 s). A request's
+ * 5 s deadline is for a request's own statements. */
 const SYNC_DEADLINE_MS = 110_000;
+/** A rebuild left half-done this long (nobody read since) starts again from the beginning. */
+const REBUILD_STATE_SECONDS = 600;
+const BEFORE_EVERY_ID = "00000000-0000-0000-0000-000000000000";
 
-/** A whole snapshot into the index, chunk by chunk; returns how many rows and who was online.
- * Two statements, not one with an argument, so pg_stat_statements tells them apart. A
- * reconciliation reads the replica once it has caught up with this moment (freshReadQuery), so
- * that the snapshot holds every write that happened before `takenAt`, as PRUNE assumes; a
- * replica failing half-way leaves the rest to the primary, from the start (LOAD never undoes a
- * newer write). */
-async function stream(kind: "rebuild" | "reconcile", r: Redis) {
-  // A rebuild is what every read waits for (the index is cold until it ends): the primary's,
-  // never queued behind the replica's reads or its fence. The minute's reconciliation, in the
-  // background, is the replica's.
-  const read = kind === "rebuild" ? query : freshReadQuery;
-  return await read(
-    async (sql) => {
-      let rows = 0;
-      const online: string[] = [];
-      const q = kind === "rebuild"
-        ? sql<
-          SnapshotRow[]
-        >`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
-                           from private.live_index_snapshot(false)`
-        : sql<
-          SnapshotRow[]
-        >`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
-                           from private.live_index_snapshot()`;
-      for await (const chunk of q.cursor(CHUNK_ROWS)) {
-        await load(r, chunk);
-        rows += chunk.length;
-        for (const row of chunk) if (row.is_online) online.push(row.user_id);
-      }
-      return { rows, online };
-    },
-    `live_index_${kind}`,
-    SYNC_DEADLINE_MS,
-  );
+type Loaded = { rows: number; online: string[]; last?: string };
+
+/** Rows of a query into the index, chunk by chunk: how many, who was online, the last id. */
+async function loadAll(q: AsyncIterable<SnapshotRow[]>, r: Redis): Promise<Loaded> {
+  const out: Loaded = { rows: 0, online: [] };
+  for await (const chunk of q) {
+    await load(r, chunk);
+    out.rows += chunk.length;
+    for (const row of chunk) if (row.is_online) out.online.push(row.user_id);
+    if (chunk.length) out.last = chunk[chunk.length - 1].user_id;
+  }
+  return out;
 }
 
 /** Starts the upkeep a read was given (see Readiness): the rebuild or the reconciliation. */
@@ -93,24 +84,72 @@ function background(work: () => Promise<void>): void {
   });
 }
 
-/** Every user from one snapshot, then who is no longer online. */
-export async function rebuild(r: Redis): Promise<void> {
+/** One step of the rebuild: the next page of users into the index. The step that reads the
+ * last page then takes out whom the index has online and no page had (unless the webhook wrote
+ * them since the first page began: PRUNE) and marks the index built; the others let the lock
+ * go, so the next read that finds the index cold takes the next page. Returns whether the
+ * index is built. Primary reads: every read waits for it (the index is cold until it ends),
+ * never queued behind the replica's reads or its fence. */
+export async function rebuild(r: Redis): Promise<boolean> {
   const started = performance.now();
-  const takenAt = await redisMicros(r);
-  const { rows, online } = await stream("rebuild", r);
-  await prune(r, takenAt, online);
+  const pageRows = env().liveIndexRebuildPageRows;
+  const [taken, after, done] = await r.hmget(REBUILD_STATE, "taken_at", "after", "rows");
+  const takenAt = taken ? Number(taken) : await redisMicros(r);
+  if (!taken) await r.del(REBUILD_ONLINE);
+  const page = await query(
+    (sql) =>
+      loadAll(
+        sql<SnapshotRow[]>`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
+                           from private.live_index_snapshot_page(
+                             ${after ?? BEFORE_EVERY_ID}::uuid, ${pageRows}::int)`
+          .cursor(CHUNK_ROWS),
+        r,
+      ),
+    "live_index_rebuild",
+    SYNC_DEADLINE_MS,
+  );
+  const rows = Number(done ?? 0) + page.rows;
+  const progress = r.multi();
+  for (let i = 0; i < page.online.length; i += CHUNK_ROWS) {
+    progress.sadd(REBUILD_ONLINE, ...page.online.slice(i, i + CHUNK_ROWS));
+  }
+  const last = page.rows < pageRows;
+  if (!last) {
+    await progress
+      .hset(REBUILD_STATE, "taken_at", takenAt, "after", page.last!, "rows", rows)
+      .expire(REBUILD_STATE, REBUILD_STATE_SECONDS).expire(REBUILD_ONLINE, REBUILD_STATE_SECONDS)
+      .del(REBUILDING).exec();
+    recordIndexSync("rebuild", page.rows, (performance.now() - started) / 1000, false);
+    return false;
+  }
+  await progress.exec();
+  await prune(r, takenAt, await r.smembers(REBUILD_ONLINE));
   await r.multi().set(BUILT, String(takenAt)).set(RECONCILED, "1", "EX", RECONCILE_SECONDS)
-    .del(REBUILDING).exec();
-  recordIndexSync("rebuild", rows, (performance.now() - started) / 1000);
+    .del(REBUILD_STATE, REBUILD_ONLINE, REBUILDING).exec();
+  recordIndexSync("rebuild", page.rows, (performance.now() - started) / 1000, true);
+  return true;
 }
 
-/** The users online in Postgres into the index, and out of it who is not. */
+/** The users online in Postgres into the index, and out of it who is not. A reconciliation
+ * reads the replica once it has caught up with this moment (freshReadQuery), so that the
+ * snapshot holds every write that happened before `takenAt`, as PRUNE assumes; a replica
+ * failing half-way leaves the rest to the primary, from the start (LOAD never undoes a newer
+ * write). */
 export async function reconcile(r: Redis): Promise<void> {
   const started = performance.now();
   const takenAt = await redisMicros(r);
-  const { rows, online } = await stream("reconcile", r);
+  const { rows, online } = await freshReadQuery(
+    (sql) =>
+      loadAll(
+        sql<SnapshotRow[]>`select user_id, display_name, is_online, last_seen_at, cell_lat, cell_lng
+                           from private.live_index_snapshot()`.cursor(CHUNK_ROWS),
+        r,
+      ),
+    "live_index_reconcile",
+    SYNC_DEADLINE_MS,
+  );
   await prune(r, takenAt, online);
-  recordIndexSync("reconcile", rows, (performance.now() - started) / 1000);
+  recordIndexSync("reconcile", rows, (performance.now() - started) / 1000, true);
 }
 
 /** Names and cells the index lacks for some users (the webhook asks after its writes); ids

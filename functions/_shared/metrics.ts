@@ -106,8 +106,8 @@ export const fallbacksRefused = new Counter({
 
 export const liveIndexSyncs = new Counter({
   name: "sltr_live_index_syncs_total",
-  help: "Rebuilds and reconciliations of the Redis live index from Postgres (their own " +
-    "database load, outside any request's statements).",
+  help: "Rebuilds (counted when their last page is in) and reconciliations of the Redis live " +
+    "index from Postgres (their own database load, outside any request's statements).",
   labelNames: ["kind"] as const,
   registers: [registry],
 });
@@ -126,9 +126,14 @@ export const liveIndexSyncSeconds = new Counter({
   registers: [registry],
 });
 
-/** A rebuild or reconciliation of the live index. */
-export function recordIndexSync(kind: "rebuild" | "reconcile", rows: number, seconds: number) {
-  liveIndexSyncs.labels(kind).inc();
+/** A rebuild's step or a reconciliation of the live index (`completed`: the rebuild's last). */
+export function recordIndexSync(
+  kind: "rebuild" | "reconcile",
+  rows: number,
+  seconds: number,
+  completed: boolean,
+) {
+  if (completed) liveIndexSyncs.labels(kind).inc();
   liveIndexSyncRows.labels(kind).inc(rows);
   liveIndexSyncSeconds.labels(kind).inc(seconds);
 }

@@ -32,8 +32,9 @@ select results_eq(
     order by 1$$,
   array['get_online_users_batch(uuid[])', 'monitoring.metrics_snapshot()',
         'private.find_nearby_online_users(double precision,double precision,integer,integer,uuid)',
-        'private.ingest_presence(jsonb)', 'private.live_index_snapshot(boolean,uuid[])'],
-  'sltr_functions executes the five RPCs the functions call, and no other function of ours');
+        'private.ingest_presence(jsonb)', 'private.live_index_snapshot(boolean,uuid[])',
+        'private.live_index_snapshot_page(uuid,integer)'],
+  'sltr_functions executes the six RPCs the functions call, and no other function of ours');
 select is_empty(
   $$select c.oid::regclass from pg_class as c
     where c.relnamespace in ('public'::regnamespace, 'private'::regnamespace, 'monitoring'::regnamespace)

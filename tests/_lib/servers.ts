@@ -61,8 +61,8 @@ export async function startBridge(apiUrl: string, env: Record<string, string> = 
       ...env,
     },
     stdin: "null",
-    stdout: "null",
-    stderr: "null",
+    stdout: Deno.env.get("SLTR_TEST_SERVER_LOGS") ? "inherit" : "null",
+    stderr: Deno.env.get("SLTR_TEST_SERVER_LOGS") ? "inherit" : "null",
   }).spawn();
   const health = `http://127.0.0.1:${port}/health`;
   await eventually(

@@ -61,6 +61,41 @@ Deno.test("tracker_reports_online_on_join_and_offline_only_when_the_last_device_
   assert.equal(t.online.size, 0);
 });
 
+Deno.test("a_resync_after_a_rejoin_drops_who_left_meanwhile_and_nobody_still_present_flaps", () => {
+  const events: PresenceEvent[] = [];
+  const t = new PresenceTracker((e) => events.push(e), verifyProof, () => new Date(at(1)));
+  t.join(A, [{ presence_ref: "a1", user_id: A, proof: proof(A), lat: 52.52, lng: 13.4 }]);
+  t.join(B, [{ presence_ref: "b1", user_id: B, proof: proof(B) }]);
+  t.join(C, [{ presence_ref: "c1", user_id: C, proof: proof(C) }, {
+    presence_ref: "c2",
+    user_id: C,
+    proof: proof(C),
+  }]);
+  events.length = 0;
+  // The channel was closed by the server; B left and C closed one of two devices meanwhile, D
+  // arrived. The new channel's joins come first (realtime-js: presence_state, then sync).
+  const D = "0b6f3c1e-0000-4000-a000-00000000000d";
+  const state = {
+    [A]: [{ presence_ref: "a1", user_id: A, proof: proof(A), lat: 52.52, lng: 13.4 }],
+    [C]: [{ presence_ref: "c2", user_id: C, proof: proof(C) }],
+    [D]: [{ presence_ref: "d1", user_id: D, proof: proof(D) }],
+  };
+  for (const [key, metas] of Object.entries(state)) t.join(key, metas);
+  t.resync(state);
+  assert.deepEqual(events, [
+    { user_id: D, status: "online", at: at(1) },
+    { user_id: B, status: "offline", at: at(1) },
+  ]);
+  assert.deepEqual([...t.online.keys()].sort(), [A, C, D].sort());
+  // A resync alone (no joins first) brings in what it holds, and is idempotent.
+  events.length = 0;
+  const fresh = new PresenceTracker((e) => events.push(e), verifyProof, () => new Date(at(1)));
+  fresh.resync(state);
+  fresh.resync(state);
+  assert.equal(events.length, 3);
+  assert.equal(fresh.online.size, 3);
+});
+
 Deno.test("tracker_reports_a_move_and_keeps_the_last_place_when_a_device_has_none", () => {
   const events: PresenceEvent[] = [];
   const t = new PresenceTracker((e) => events.push(e), verifyProof, () => new Date(at(1)));

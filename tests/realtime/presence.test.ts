@@ -5,12 +5,14 @@
 // nothing.
 import assert from "node:assert/strict";
 import { createSltrClient, type SltrClient } from "../../client/mod.ts";
-import { ANON_KEY, API_URL, FUNCTIONS_URL } from "../_lib/env.ts";
+import { ANON_KEY, API_URL, FUNCTIONS_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { startBridge, startFunctionsServer } from "../_lib/servers.ts";
 import { eventually, sleep, test } from "../_lib/harness.ts";
 import {
   bridgeStats,
+  client,
+  closeClient,
   createUsers,
   database,
   deleteUsers,
@@ -165,6 +167,62 @@ test("a_lost_socket_goes_offline_as_soon_as_the_server_times_it_out", async () =
     server.child.kill();
     await server.child.status;
     await deleteUsers(sql, [bob, viewer]);
+    await sql.end();
+  }
+});
+
+test("the_bridge_joins_again_when_the_server_closes_its_channel_and_resyncs", async () => {
+  // Hosted closes every channel that receives a broadcast while the tenant is over its messages
+  // per second ("Too many messages per second", then phx_close), and realtime-js does not rejoin
+  // a closed channel. A private endpoint with a limit of 1 message/s, its own bridge; bob leaves
+  // while the bridge is away, carol arrives after, alice stays (her app's channel is closed too
+  // and joins again by itself, client/realtime.ts). That nobody still present flaps in the
+  // resync is bridge.test.ts's.
+  const sql = database();
+  const [alice, bob, carol] = await createUsers(sql, "bridge-rejoin", 3, HERE);
+  const server = await startFunctionsServer({ REALTIME_MAX_EVENTS_PER_SECOND: "1" });
+  const base = server.url.replace(/\/functions\/v1$/, "");
+  const bridge = await startBridge(base);
+  const apps = await Promise.all([alice, bob, carol].map((id) => app(id, base)));
+  const health = async () =>
+    await (await fetch(bridge.health)).json() as { joined: boolean; rejoins: number };
+  try {
+    await apps[0].realtime.trackPresence(alice, HERE);
+    await apps[1].realtime.trackPresence(bob, HERE);
+    await eventually(async () => await online(sql, alice) && await online(sql, bob), "both online");
+
+    // Over the limit: a burst of broadcasts from a service client on the topic, judged at the
+    // next tick (5 s), then one more, which closes every channel that receives it, the
+    // bridge's among them. (The REST API refuses a batch over the limit with 429 instead.)
+    const service = client(SERVICE_ROLE_KEY, { url: base });
+    await service.realtime.setAuth();
+    const noise = service.channel("online-users", { config: { private: true } });
+    assert.equal((await subscribed(noise)).status, "SUBSCRIBED");
+    const broadcast = (n: number) =>
+      Promise.all(
+        Array.from({ length: n }, () =>
+          noise.send({ type: "broadcast", event: "noise", payload: {} })),
+      );
+    await broadcast(50);
+    await sleep(5200);
+    // Bob closes his app as the bridge's channel is closed: his leave reaches nobody.
+    await Promise.all([broadcast(1), apps[1].realtime.close()]);
+    await closeClient(service);
+    await eventually(async () => (await health()).rejoins >= 1, "the bridge joined again", 40_000);
+    await eventually(async () => (await health()).joined, "joined", 10_000);
+    await eventually(async () => !(await online(sql, bob)), "bob offline after the resync", 10_000);
+
+    // Presence flows again through the new channel.
+    await apps[2].realtime.trackPresence(carol, HERE);
+    await eventually(() => online(sql, carol), "carol online through the new channel", 5000);
+    await eventually(() => online(sql, alice), "alice online, her app joined again", 10_000);
+    assert.equal(await online(sql, bob), false, "bob stays offline");
+  } finally {
+    await Promise.all(apps.map((a) => a.realtime.close().catch(() => {})));
+    await bridge.stop();
+    server.child.kill();
+    await server.child.status;
+    await deleteUsers(sql, [alice, bob, carol]);
     await sql.end();
   }
 });

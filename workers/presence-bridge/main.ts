@@ -93,12 +93,23 @@ export async function main(): Promise<void> {
       const joined = source.channel?.state === "joined";
       const path = new URL(req.url).pathname;
       if (path === "/metrics") {
-        return new Response(prometheusText(bridge.stats(), bridge.tracker.online.size, joined), {
+        const text = prometheusText(
+          bridge.stats(),
+          bridge.tracker.online.size,
+          joined,
+          source.rejoins,
+        );
+        return new Response(text, {
           headers: { "content-type": "text/plain; version=0.0.4" },
         });
       }
       if (path !== "/health") return new Response("not found", { status: 404 });
-      const body = { joined, online: bridge.tracker.online.size, ...bridge.stats() };
+      const body = {
+        joined,
+        rejoins: source.rejoins,
+        online: bridge.tracker.online.size,
+        ...bridge.stats(),
+      };
       return Response.json(body, { status: joined ? 200 : 503 });
     })
     : undefined;

@@ -1,7 +1,12 @@
 // The bridge's figures in Prometheus text format (GET /metrics on BRIDGE_HEALTH_PORT).
 import type { BridgeStats } from "./bridge.ts";
 
-export function prometheusText(stats: BridgeStats, online: number, joined: boolean): string {
+export function prometheusText(
+  stats: BridgeStats,
+  online: number,
+  joined: boolean,
+  rejoins = 0,
+): string {
   const lines: string[] = [];
   const metric = (name: string, kind: string, help: string, samples: [string, number][]) => {
     lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${kind}`);
@@ -10,6 +15,12 @@ export function prometheusText(stats: BridgeStats, online: number, joined: boole
   metric("sltr_bridge_joined", "gauge", "1 while the presence channel is joined.", [
     ["", joined ? 1 : 0],
   ]);
+  metric(
+    "sltr_bridge_rejoins_total",
+    "counter",
+    "New presence channels joined after the server closed one.",
+    [["", rejoins]],
+  );
   metric("sltr_bridge_users_online", "gauge", "Users present with a valid ticket.", [
     ["", online],
   ]);

@@ -93,6 +93,23 @@ export class PresenceTracker {
     this.settle(key);
   }
 
+  /** The whole presence state of a channel joined anew (after the server closed the old one,
+   * whose departures the bridge never heard): metas it holds that we know are kept as judged,
+   * new ones are judged, and metas (and users) it no longer holds leave. Nobody still present
+   * goes offline, not even for a moment. */
+  resync(state: Record<string, PresenceMeta[]>): void {
+    for (const [key, metas] of [...this.metas]) {
+      const present = new Set((state[key] ?? []).map((m) => String(m.presence_ref)));
+      for (const ref of [...metas.keys()]) if (!present.has(ref)) metas.delete(ref);
+      this.settle(key);
+    }
+    for (const [key, presences] of Object.entries(state)) {
+      const known = this.metas.get(key);
+      const fresh = presences.filter((m) => !known?.has(String(m.presence_ref)));
+      if (fresh.length) this.join(key, fresh);
+    }
+  }
+
   /** Drops believed metas whose ticket has expired; their users go offline unless another
    * device still proves them present. Returns how many metas expired. */
   expire(): number {

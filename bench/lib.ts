@@ -1,5 +1,6 @@
 // Benchmark plumbing: arguments, HdrHistogram percentiles, a progress bar, rate pacing.
 import * as hdr from "hdr-histogram-js";
+import { type Limits, type Plan, PLANS } from "../realtime/config.ts";
 import { sleep } from "../tests/_lib/harness.ts";
 
 export { sleep };
@@ -203,4 +204,53 @@ export async function treeCpuSeconds(pid: number): Promise<number> {
     if (f && Number(f[1]) === pid) ticks += Number(f[11]) + Number(f[12]);
   }
   return ticks / 100;
+}
+
+/** A Realtime load in the units hosted counts and bills (realtime/config.ts, docs/realtime.md):
+ * messages once where a broadcast enters and once per delivery, averaged per second. */
+export interface RealtimeLoad {
+  connections?: number;
+  messagesPerSecond?: number;
+  joinsPerSecond?: number;
+  presenceMessagesPerSecond?: number;
+}
+
+const PLAN_LIMITS: [keyof RealtimeLoad, keyof Limits][] = [
+  ["connections", "maxConcurrentUsers"],
+  ["messagesPerSecond", "maxEventsPerSecond"],
+  ["joinsPerSecond", "maxJoinsPerSecond"],
+  ["presenceMessagesPerSecond", "maxPresenceEventsPerSecond"],
+];
+
+/** Each hosted plan against a load: per figure the plan's limit and the share of it used
+ * (1 = at the limit), whether all of it fits, and the smallest plan that fits (none: beyond
+ * the published Enterprise floor, a contract or a sharded design). */
+export interface PlanFigure {
+  used: number;
+  limit: number;
+  used_share: number;
+}
+export type PlanFit = { fits: boolean } & { [K in keyof RealtimeLoad]?: PlanFigure };
+
+export function planHeadroom(
+  load: RealtimeLoad,
+): { smallest_plan_that_fits: Plan | "none"; plans: Record<Plan, PlanFit> } {
+  const plans = {} as Record<Plan, PlanFit>;
+  for (const plan of Object.keys(PLANS) as Plan[]) {
+    const fit: PlanFit = { fits: true };
+    for (const [figure, limit] of PLAN_LIMITS) {
+      const used = load[figure];
+      if (used === undefined) continue;
+      const max = PLANS[plan][limit];
+      fit[figure] = {
+        used: Math.round(used * 10) / 10,
+        limit: max,
+        used_share: Math.round((used / max) * 1000) / 1000,
+      };
+      if (used > max) fit.fits = false;
+    }
+    plans[plan] = fit;
+  }
+  const smallest = (Object.keys(plans) as Plan[]).find((p) => plans[p].fits) ?? "none";
+  return { smallest_plan_that_fits: smallest, plans };
 }

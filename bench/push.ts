@@ -20,8 +20,7 @@ import postgres from "postgres";
 import { createSltrClient, type SltrClient, type StatusChange } from "../client/mod.ts";
 import { signBody } from "../functions/_shared/auth.ts";
 import { localUserJwt } from "../scripts/token.ts";
-import { CITIES, cpuSeconds, flag, Latency, numberFlag, sleep } from "./lib.ts";
-import { PLANS } from "../realtime/config.ts";
+import { CITIES, cpuSeconds, flag, Latency, numberFlag, planHeadroom, sleep } from "./lib.ts";
 import {
   ANON_KEY as ANON,
   API_URL,
@@ -297,14 +296,6 @@ async function windowCounts(since: Date, until: Date) {
   };
 }
 
-function planFor(messagesPerSecond: number, connections: number): string {
-  const fits = (p: keyof typeof PLANS) =>
-    messagesPerSecond <= PLANS[p].maxEventsPerSecond && connections <= PLANS[p].maxConcurrentUsers;
-  if (fits("pro")) return "Pro";
-  if (fits("team")) return "Team";
-  return "Enterprise";
-}
-
 // ---- the run ----
 await load();
 const clientsStarted = performance.now();
@@ -363,7 +354,12 @@ const inboxSummary = (p: { stats: Phase; counts: Awaited<ReturnType<typeof windo
   bytes_per_second_per_1000_online: perSecondPer1000(p.counts.inbox.bytes),
   real_clients_received: p.stats.received,
   flush_ms: p.counts.flush_ms,
-  realtime_plan_at_this_population: planFor(p.counts.inbox.messages / DURATION, ONLINE),
+  // Hosted counts each inbox row once at the source and once for its one delivery (the owner's
+  // inbox channel, joined while they are online).
+  realtime_plans_at_this_population: planHeadroom({
+    connections: ONLINE,
+    messagesPerSecond: (p.counts.inbox.messages * 2) / DURATION,
+  }),
 });
 // Global: every message reaches every online signed-in client.
 const globalDelivered = both.counts.global.messages * ONLINE;
@@ -384,7 +380,11 @@ const report = {
     bytes_per_second_per_1000_online: perSecondPer1000(both.counts.global.bytes * ONLINE),
     real_clients_received: both.stats.globalReceived,
     flush_ms_with_global_broadcast: both.counts.flush_ms,
-    realtime_plan_at_this_population: planFor(globalDelivered / DURATION, ONLINE),
+    // Once at the source and once for each online member.
+    realtime_plans_at_this_population: planHeadroom({
+      connections: ONLINE,
+      messagesPerSecond: (both.counts.global.messages + globalDelivered) / DURATION,
+    }),
   },
   delivery_cost: cost,
 };

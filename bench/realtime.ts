@@ -22,7 +22,7 @@ import {
   ticketFor,
 } from "../tests/realtime/_helpers.ts";
 import { FreezableProxy } from "../tests/_lib/proxy.ts";
-import { cpuSeconds, flag, Latency, numberFlag, rssMiB, sleep } from "./lib.ts";
+import { cpuSeconds, flag, Latency, numberFlag, planHeadroom, rssMiB, sleep } from "./lib.ts";
 import { ANON_KEY as ANON, DB_URL, SERVICE_ROLE_KEY as SERVICE } from "../tests/_lib/env.ts";
 
 const CONNECTIONS = numberFlag("connections", 10_000);
@@ -361,6 +361,13 @@ try {
       `${navigator.hardwareConcurrency} cores, load generator, servers and Postgres on one machine`,
     connections: held.result,
     joins: [joinsPublic, joinsPrivate],
+    // What this endpoint was measured to hold and admit, against each plan's limits: where a
+    // share is under 1 this machine cannot drive that plan's limit, and a test of it here would
+    // meet the machine first.
+    plans_this_endpoint_reaches: planHeadroom({
+      connections: held.result.connections,
+      joinsPerSecond: Math.min(joinsPublic.joins_per_second, joinsPrivate.joins_per_second),
+    }),
     database_broadcasts: db,
     presence,
     socket_loss: loss,

@@ -1,11 +1,11 @@
 // The local Realtime endpoint's settings: the tenant limits of a hosted plan, the server's own
 // timeouts, and where the database is. Read once from the environment (REALTIME_*).
 //
-// Plan limits are Supabase's published ones (supabase.com/docs/guides/realtime/limits); the
-// defaults of the server source (supabase/realtime config/runtime.exs, tenant.ex) fill in what
-// the plans do not name. The local default is the Team plan, except that payloads are capped at
-// the Free plan's 256 KB: a few hundred demo users need Team's connections, and nothing that
-// passes locally should be refused on a smaller plan.
+// Plan limits are Supabase's published ones (supabase.com/docs/guides/realtime/limits, "Limits
+// by plan"); the defaults of the server source (supabase/realtime config/runtime.exs, tenant.ex)
+// fill in what the plans do not name. Enterprise's are the published floor ("10,000+"): a
+// contract raises them per project. REALTIME_PLAN names the plan; the local stack runs the one
+// supabase/local.env names (team: what docs/scaling.md says 5,000 online needs).
 
 export interface Limits {
   /** Sockets with at least one channel (`max_concurrent_users`). */
@@ -29,6 +29,15 @@ const common = {
   clientPresenceWindowMs: 30_000,
 };
 
+const LARGE = {
+  ...common,
+  maxConcurrentUsers: 10_000,
+  maxJoinsPerSecond: 2_500,
+  maxEventsPerSecond: 2_500,
+  maxPresenceEventsPerSecond: 1_000,
+  maxPayloadKb: 3000,
+};
+
 export const PLANS = {
   free: {
     ...common,
@@ -46,22 +55,10 @@ export const PLANS = {
     maxPresenceEventsPerSecond: 50,
     maxPayloadKb: 3000,
   },
-  team: {
-    ...common,
-    maxConcurrentUsers: 10_000,
-    maxJoinsPerSecond: 2_500,
-    maxEventsPerSecond: 2_500,
-    maxPresenceEventsPerSecond: 1_000,
-    maxPayloadKb: 3000,
-  },
-  local: {
-    ...common,
-    maxConcurrentUsers: 10_000,
-    maxJoinsPerSecond: 2_500,
-    maxEventsPerSecond: 2_500,
-    maxPresenceEventsPerSecond: 1_000,
-    maxPayloadKb: 256,
-  },
+  // Pro without a spend cap, Team and Enterprise publish the same limits (Enterprise as "+").
+  pro_no_spend_cap: LARGE,
+  team: LARGE,
+  enterprise: LARGE,
 } satisfies Record<string, Limits>;
 
 export type Plan = keyof typeof PLANS;
@@ -104,7 +101,7 @@ function integer(env: (name: string) => string | undefined, name: string, fallba
 export function realtimeConfig(
   env: (name: string) => string | undefined = (n) => Deno.env.get(n),
 ): RealtimeConfig {
-  const plan = (env("REALTIME_PLAN") || "local") as Plan;
+  const plan = (env("REALTIME_PLAN") || "team") as Plan;
   if (!(plan in PLANS)) {
     throw new Error(`REALTIME_PLAN must be one of ${Object.keys(PLANS).join(", ")}, got ${plan}`);
   }

@@ -45,15 +45,9 @@ async function mayWrite(
   }
 }
 
-/** check_rate_limit/3: the tenant's average messages per second, and this batch on top. */
+/** A batch the tenant's rate refuses (RealtimeServer.batchRefusal): 429 with its reason. */
 function rateLimited(server: RealtimeServer, n: number): Response | undefined {
-  const max = server.config.limits.maxEventsPerSecond;
-  const avg = server.events.avg;
-  const message = avg > max
-    ? "You have exceeded your rate limit"
-    : n + avg > max
-    ? "Too many messages to broadcast, please reduce the batch size"
-    : undefined;
+  const message = server.batchRefusal(n);
   return message ? Response.json({ message }, { status: 429 }) : undefined;
 }
 

@@ -47,6 +47,8 @@ export class RealtimeServer {
     malformedFrames: 0,
     presenceLimited: 0,
     databaseBroadcasts: 0,
+    /** Rows of realtime.messages dropped at the source: the tenant was over its rate. */
+    databaseBroadcastsDropped: 0,
     restBroadcasts: 0,
   };
   private readonly topics = new Map<string, Set<Channel>>();
@@ -255,7 +257,27 @@ export class RealtimeServer {
     return true;
   }
 
+  /** check_rate_limit/3 of batch_broadcast.ex: why a batch of `n` broadcasts is refused (the
+   * tenant's average messages per second, and the batch on top), or undefined. */
+  batchRefusal(n: number): string | undefined {
+    const max = this.config.limits.maxEventsPerSecond;
+    const avg = this.events.avg;
+    return avg > max
+      ? "You have exceeded your rate limit"
+      : n + avg > max
+      ? "Too many messages to broadcast, please reduce the batch size"
+      : undefined;
+  }
+
+  /** A row of realtime.messages, as replication_connection.ex hands it to BatchBroadcast: one
+   * message, refused while the tenant is over its rate (dropped: hosted logs nothing, as its
+   * `with` matches no 3-tuple error), else counted once at the source and once per delivery. */
   private deliverDatabaseMessage(m: DatabaseMessage): void {
+    if (this.batchRefusal(1)) {
+      this.counts.databaseBroadcastsDropped++;
+      return;
+    }
+    this.events.add();
     this.counts.databaseBroadcasts++;
     const bytes = new TextEncoder().encode(JSON.stringify(m.payload));
     this.fanout(`${m.private ? "private" : "public"}:${m.topic}`, {

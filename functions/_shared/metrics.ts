@@ -271,6 +271,12 @@ export function registerRealtimeMetrics(stats: () => Record<string, number | boo
       "sltr_realtime_database_broadcasts_total",
       "Rows of realtime.messages fanned out.",
     ],
+    [
+      "databaseBroadcastsDropped",
+      "sltr_realtime_database_broadcasts_dropped_total",
+      "Rows of realtime.messages dropped at the source: the project was over its messages per " +
+      "second (hosted drops them too, and logs nothing).",
+    ],
   ];
   const read = (key: string) => {
     const value = stats()[key];

@@ -84,5 +84,14 @@ export async function startBridge(apiUrl: string, env: Record<string, string> = 
       child.kill("SIGTERM");
       await child.status;
     },
+    /** Gone at once, as a crashed host: nothing delivered, nobody left. */
+    kill: async () => {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already gone
+      }
+      await child.status;
+    },
   };
 }

@@ -78,8 +78,8 @@ test("an_oversized_broadcast_is_refused_to_an_ack_sender_and_reaches_nobody", as
     const cb = b.channel(topic).on("broadcast", { event: "*" }, (m) => heard.push(m));
     await subscribed(ca);
     await subscribed(cb);
-    // The local plan caps payloads at 256 KB (+500 B slack), as the Free plan does.
-    const big = { blob: "x".repeat(257 * 1000) };
+    // The stack runs the Team plan (supabase/local.env): payloads up to 3,000 KB (+500 B slack).
+    const big = { blob: "x".repeat(3001 * 1000) };
     assert.equal(await ca.send({ type: "broadcast", event: "big", payload: big }), "error");
     assert.equal(await ca.send({ type: "broadcast", event: "small", payload: { ok: 1 } }), "ok");
     await eventually(() => heard.length === 1, "the small one");

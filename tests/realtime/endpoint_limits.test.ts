@@ -1,7 +1,8 @@
 // The local Realtime endpoint's tenant limits and its broadcast REST API, on a private server
 // (own process and port, the stack's database) whose limits are set low enough to reach.
 import assert from "node:assert/strict";
-import { ANON_KEY, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import postgres from "postgres";
+import { ANON_KEY, DB_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { startFunctionsServer } from "../_lib/servers.ts";
 import { eventually, sleep, test } from "../_lib/harness.ts";
@@ -149,6 +150,66 @@ test("the_broadcast_rest_api_checks_the_token_and_the_write_policy", async () =>
     assert.deepEqual(heard.find((m) => m.event === "ok")?.payload, { b: 2 });
   } finally {
     await closeClient(listener);
+    await server.stop();
+  }
+});
+
+test("database_broadcasts_over_the_rate_are_dropped_at_the_source_as_hosted", async () => {
+  // replication_connection.ex hands each row of realtime.messages to BatchBroadcast as a batch of
+  // one: refused while the tenant's average messages per second (plus this one) is over its
+  // limit, else counted once at the source and once per delivery. Hosted drops the refused rows
+  // and tells nobody; the receivers stay joined.
+  const server = await privateServer({
+    REALTIME_MAX_EVENTS_PER_SECOND: "1",
+    REALTIME_REPLICATION_DB_URL: DB_URL, // a stream of its own (a temporary slot)
+  });
+  const sql = postgres(DB_URL, { max: 1, onnotice: () => {} });
+  const listener = client(SERVICE_ROLE_KEY, { url: server.base });
+  const heard: unknown[] = [];
+  const statuses: string[] = [];
+  try {
+    await listener.realtime.setAuth();
+    const ch = listener.channel("online-users", { config: { private: true } })
+      .on("broadcast", { event: "db-noise" }, (m) => heard.push(m));
+    ch.subscribe((status) => statuses.push(status));
+    await eventually(() => statuses.includes("SUBSCRIBED"), "joined", 5000);
+    const send = (n: number) =>
+      sql`select realtime.send('{}'::jsonb, 'db-noise', 'online-users', true)
+          from generate_series(1, ${n}::int)`;
+    // The replication stream starts with the first join; rows committed before its slot exists
+    // are never delivered (hosted's TEMPORARY slot): one row until one arrives.
+    await eventually(
+      async () => {
+        await send(1);
+        await sleep(200);
+        return heard.length > 0;
+      },
+      "the replication stream",
+      10_000,
+    );
+    await sleep(300);
+    const probes = heard.length;
+    // Admitted until the next tick judges the rate: 20 rows, each counted at the source and on
+    // its delivery.
+    await send(20);
+    await eventually(() => heard.length === probes + 20, "the first rows delivered", 5000);
+    await sleep(5200);
+    await send(5);
+    await sleep(1500);
+    assert.equal(heard.length, probes + 20, "rows sent over the rate are dropped at the source");
+    assert.equal(ch.state, "joined", "and the receiver stays joined");
+    assert.ok(!statuses.includes("CLOSED"), statuses.join(","));
+    const metrics = await fetch(`${server.base}/functions/v1/metrics`, {
+      headers: { authorization: `Bearer ${SERVICE_ROLE_KEY}` },
+    }).then((r) => r.text());
+    assert.match(metrics, /^sltr_realtime_database_broadcasts_dropped_total 5$/m);
+    assert.match(
+      metrics,
+      new RegExp(`^sltr_realtime_database_broadcasts_total ${probes + 20}$`, "m"),
+    );
+  } finally {
+    await closeClient(listener);
+    await sql.end();
     await server.stop();
   }
 });

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { createSltrClient, type SltrClient, type StatusChange } from "../../client/mod.ts";
 import { ANON_KEY, API_URL } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
-import { startFunctionsServer } from "../_lib/servers.ts";
+import { startBridge, startFunctionsServer } from "../_lib/servers.ts";
 import { eventually, sleep, test } from "../_lib/harness.ts";
 import {
   client,
@@ -87,6 +87,55 @@ test("a_watcher_hears_a_status_change_within_a_second_and_a_bystander_nothing", 
   } finally {
     for (const x of [a, b, c]) await x.realtime.close().catch(() => {});
     await deleteUsers(sql, [ann, bob, cat]);
+    await sql.end();
+  }
+});
+
+test("two_bridges_on_one_topic_push_each_change_once_and_one_killed_loses_nothing", async () => {
+  // A second bridge beside the stack's, both active on online-users (a standby that is not
+  // idle): every presence change reaches the webhook twice, stamped by two clocks. A watcher
+  // hears each change once, a user present throughout never reads as offline, and when one
+  // bridge is killed the other carries on with nothing lost.
+  const sql = database();
+  const [ann, bob, eve] = await createUsers(sql, "push-two-bridges", 3, HERE);
+  const second = await startBridge(API_URL);
+  const [a, b, e] = await Promise.all([ann, bob, eve].map((id) => app(id)));
+  let annWentOffline = false;
+  let sampling = true;
+  try {
+    await a.realtime.trackPresence(ann, HERE);
+    const annInbox = inbox(a);
+    await annInbox.joined();
+    assert.equal(await a.realtime.watch([bob, eve]).ready, 2);
+    await eventually(async () => (await onlineMap(sql, [ann]))[ann], "ann online");
+    const sampler = (async () => {
+      while (sampling) {
+        if (!(await onlineMap(sql, [ann]))[ann]) annWentOffline = true;
+        await sleep(100);
+      }
+    })();
+    const changes = (id: string) => annInbox.about(id).map((g) => g.change.is_online);
+
+    await b.realtime.trackPresence(bob, HERE);
+    await eventually(() => changes(bob).includes(true), "ann hears bob arrive", 1000);
+    await b.realtime.close();
+    await eventually(() => changes(bob).includes(false), "ann hears bob leave", 1000);
+    await sleep(1500); // both bridges' copies delivered and flushed
+    assert.deepEqual(changes(bob), [true, false], "each change pushed once, not per bridge");
+
+    await second.kill();
+    await e.realtime.trackPresence(eve, HERE);
+    await eventually(() => changes(eve).includes(true), "eve arrives through the other", 1000);
+    await e.realtime.close();
+    await eventually(() => changes(eve).includes(false), "and leaves", 1000);
+    sampling = false;
+    await sampler;
+    assert.equal(annWentOffline, false, "ann, present throughout, never read as offline");
+  } finally {
+    sampling = false;
+    await second.kill().catch(() => {});
+    for (const x of [a, b, e]) await x.realtime.close().catch(() => {});
+    await deleteUsers(sql, [ann, bob, eve]);
     await sql.end();
   }
 });

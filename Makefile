@@ -88,10 +88,13 @@ bench-push: start ## Push costs: inbox vs global topic, latency, messages/s, pla
 bench-rebuild: start ## The live index's rebuild and reconciliation at 1M users against hosted Edge Function limits (BENCH_REBUILD_ARGS=...)
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/rebuild.ts $(BENCH_REBUILD_ARGS)
 
+bench-presence: start ## Presence at scale on one topic: 10,000 supabase-js sockets, the bridge's sync, track -> online (BENCH_PRESENCE_ARGS=...)
+	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/presence_scale.ts $(BENCH_PRESENCE_ARGS)
+
 try-presence: start ## Seed user 7 tracks presence; seed user 8 sees them nearby, then gone (examples/presence.ts)
 	@source $(S)/lib.sh && "$$NODE_BIN/deno" run -A examples/presence.ts
 
 bench-realtime: start ## Figures of the local Realtime endpoint (BENCH_REALTIME_ARGS="--connections 10000")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/realtime.ts $(BENCH_REALTIME_ARGS)
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push bench-workers bench-rebuild try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push bench-workers bench-rebuild bench-presence try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz

@@ -249,6 +249,11 @@ export function registerRealtimeMetrics(stats: () => Record<string, number | boo
     ["presences", "sltr_realtime_presences", "Presence metas tracked now."],
     ["joinsPerSecond", "sltr_realtime_joins_per_second", "Joins/s as the limit judges them."],
     ["eventsPerSecond", "sltr_realtime_events_per_second", "Messages/s as the limit judges them."],
+    [
+      "presenceEventsPerSecond",
+      "sltr_realtime_presence_events_per_second",
+      "Presence messages/s as the limit judges them.",
+    ],
     ["replicationConnected", "sltr_realtime_replication_up", "1 while database broadcasts stream."],
   ];
   const counters: [string, string, string][] = [

@@ -72,6 +72,10 @@ test-fuzz: install ## Malformed requests on a throwaway stack (tests/fuzz)
 	@$(S)/test.sh fuzz
 
 BENCH_ARGS ?= --users 50000 --online-ratio 0.1 --duration 120 --warmup 60
+# The benchmarks drive thousands of requests per user: the stack's suites profile
+# (supabase/suites.env), for them and for the stack they start (prerequisites inherit it).
+bench bench-workers bench-push bench-rebuild bench-presence bench-realtime: export SLTR_STACK_PROFILE = suites
+
 bench: start ## Benchmark against the local stack (BENCH_ARGS="--users 1000000 ...")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/run.ts $(BENCH_ARGS)
 

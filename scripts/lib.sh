@@ -10,11 +10,17 @@ PGDATA_DIR="$STATE/pg"
 REPLICA_DIR="$STATE/pg-replica"
 NODE_BIN="$ROOT/node_modules/.bin"
 
-# Local defaults (committed, local-only); a variable already in the environment wins.
-while IFS='=' read -r key value; do
-  case "$key" in ''|\#*) continue ;; esac
-  [ -n "${!key:-}" ] || export "$key=$value"
-done <"$ROOT/supabase/local.env"
+# Local defaults (committed, local-only); a variable already in the environment wins. With
+# SLTR_STACK_PROFILE=suites (the test suites, the benchmarks), supabase/suites.env first.
+load_env_file() {
+  local key value
+  while IFS='=' read -r key value; do
+    case "$key" in ''|\#*) continue ;; esac
+    [ -n "${!key:-}" ] || export "$key=$value"
+  done <"$1"
+}
+[ "${SLTR_STACK_PROFILE:-}" = suites ] && load_env_file "$ROOT/supabase/suites.env"
+load_env_file "$ROOT/supabase/local.env"
 
 DB_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/postgres"
 POOLER_URL="postgresql://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${PGBOUNCER_PORT}/postgres"

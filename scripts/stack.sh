@@ -234,8 +234,18 @@ start_realtime() {
   wait_for "the Realtime endpoint" 150 port_open "$REALTIME_PORT"
 }
 
+# The per-user limits the functions run with: production's unless SLTR_STACK_PROFILE=suites.
+limits_fingerprint() {
+  echo "${SLTR_QUOTA_NEARBY:-}|${SLTR_QUOTA_STATUS:-}|${SLTR_QUOTA_SELF_REPORT:-}|${SLTR_NEARBY_MAX_PROBE_KM:-}"
+}
+
 start_functions() {
-  pid_alive "$RUN_DIR/functions.pid" && return 0
+  if pid_alive "$RUN_DIR/functions.pid"; then
+    [ "$(cat "$RUN_DIR/functions.limits" 2>/dev/null)" = "$(limits_fingerprint)" ] && return 0
+    log "the functions run with other per-user limits (profile ${SLTR_STACK_PROFILE:-production} asked): restarting them"
+    stop_one functions "$RUN_DIR/functions.pid"
+  fi
+  limits_fingerprint >"$RUN_DIR/functions.limits"
   require_free_port "$FUNCTIONS_PORT" "edge functions" FUNCTIONS_PORT
   functions_env
   log "serving functions on $FUNCTIONS_URL ($FUNCTIONS_WORKERS workers)"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every suite, against the real local stack (started here if it is not running).
 #   test.sh all | lint | db | advisors | deploy | migrations | deno [deno test args...] | faults | fuzz
+# The suites drive thousands of requests per user: the stack's suites profile (supabase/suites.env).
+export SLTR_STACK_PROFILE="${SLTR_STACK_PROFILE:-suites}"
 . "$(dirname "$0")/lib.sh"
 
 failed=()

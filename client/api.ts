@@ -41,6 +41,8 @@ export interface Answer<T> {
 /** Proof that the caller is who their presence says (functions/presence-ticket). */
 export interface PresenceTicket {
   ticket: string;
+  /** The presence topic to track on with it (absent from servers before topics: online-users). */
+  topic?: string;
   expires_at: string;
   /** Lifetime in seconds, from issue. */
   expires_in: number;

@@ -21,7 +21,8 @@ import { type PresenceTicket, SltrApi } from "./api.ts";
 import type { Database } from "./database.types.ts";
 import { jitteredBackoffMs } from "./reconnect.ts";
 
-/** Presence: signed-in users track themselves here (private; only the bridge reads it). */
+/** Presence: signed-in users track themselves here, or on the shard online-users:<k> their
+ * presence ticket names (private; only the bridges read them). */
 export const PRESENCE_TOPIC = "online-users";
 /** The old global topic: every change in the world, once a minute. Off by default
  * (sltr.presence_global_broadcast); watchStatus() replaces it. */
@@ -140,6 +141,8 @@ interface Presence {
   version: number;
   sent: number;
   ticket?: { value: string; renewAt: number };
+  /** Moves the presence to the topic a renewed ticket names. */
+  moveTo?: (topic: string) => Promise<void>;
   inflight: boolean;
   timer?: ReturnType<typeof setTimeout>;
   failures: number;
@@ -335,57 +338,92 @@ export class RealtimeService {
   }
 
   /**
-   * Marks this device of `userId` present in the presence channel, with its location, until
-   * unsubscribe(). Several devices of one user are fine (the bridge reports the user offline
+   * Marks this device of `userId` present on its presence topic, with its location, until
+   * unsubscribe(). The topic is the one its presence ticket names (online-users, or the user's
+   * shard online-users:<k> when presence is sharded); if a renewed ticket names another (the
+   * project was resharded), the presence moves there: it leaves the old topic, then tracks on
+   * the new one. Several devices of one user are fine (the bridge reports the user offline
    * when the last one leaves). The location goes to the presence bridge only: users cannot
-   * read this channel's presence.
+   * read a presence topic's presence.
    */
   async trackPresence(userId: string, location?: Location | null): Promise<PresenceTracking> {
     const listener: Listener = { event: "" };
-    const entry = this.attach(PRESENCE_TOPIC, listener, { isPrivate: true, presenceKey: userId });
-    entry.presence = {
+    const first = await this.ticket();
+    let topic = first.topic ?? PRESENCE_TOPIC;
+    const p: Presence = {
       userId,
       location,
       version: 1,
       sent: 0,
+      ticket: this.held(first),
       inflight: false,
       failures: 0,
       waiters: [],
     };
-    const first = this.tracked(entry, 1);
+    const current = () => {
+      const entry = this.topics.get(topic);
+      return entry?.presence === p ? entry : undefined;
+    };
+    p.moveTo = async (next: string) => {
+      const old = current();
+      if (!old) return;
+      this.log(`presence moves from ${topic} to ${next}`);
+      old.presence = undefined;
+      clearTimeout(p.timer);
+      p.sent = 0;
+      // Leave first: a bridge holding the old topic reports the leave before another reports
+      // the join, so the newest event (the one Postgres keeps) is the join.
+      await this.untrackIfShared(old);
+      await this.detach(topic, listener);
+      topic = next;
+      const entry = this.attach(next, listener, { isPrivate: true, presenceKey: userId });
+      entry.presence = p;
+      void this.pump(entry);
+    };
+    const entry = this.attach(topic, listener, { isPrivate: true, presenceKey: userId });
+    entry.presence = p;
+    const tracked = this.tracked(entry, 1);
     void this.pump(entry);
     try {
-      await first;
+      await tracked;
     } catch (e) {
-      await this.detach(PRESENCE_TOPIC, listener);
+      await this.detach(topic, listener);
       throw e;
     }
     return {
-      topic: PRESENCE_TOPIC,
+      get topic() {
+        return topic;
+      },
       update: (next) => {
-        const p = entry.presence;
-        if (!p || this.topics.get(PRESENCE_TOPIC) !== entry) {
-          return Promise.reject(new Error("presence is not tracked"));
-        }
+        const entry = current();
+        if (!entry) return Promise.reject(new Error("presence is not tracked"));
         p.location = next;
         const done = this.tracked(entry, ++p.version);
         void this.pump(entry);
         return done;
       },
       unsubscribe: async () => {
-        const current = this.topics.get(PRESENCE_TOPIC);
-        if (current?.listeners.has(listener) && current.presence) {
-          this.stopPresence(current, new Error("unsubscribed"));
-          // Leaving the channel ends the presence; an untrack is needed only when the channel
-          // stays for another subscriber, and it counts against the limit like a track.
-          if (current.listeners.size > 1 && current.status === "SUBSCRIBED") {
-            current.calls.record(performance.now());
-            await current.channel?.untrack().catch(() => "error");
-          }
+        const entry = current();
+        if (entry?.listeners.has(listener)) {
+          this.stopPresence(entry, new Error("unsubscribed"));
+          await this.untrackIfShared(entry);
         }
-        await this.detach(PRESENCE_TOPIC, listener);
+        await this.detach(topic, listener);
       },
     };
+  }
+
+  /** Leaving the channel ends a presence; an untrack is needed only when the channel stays for
+   * another subscriber, and it counts against the limit like a track. */
+  private async untrackIfShared(entry: Topic): Promise<void> {
+    if (entry.listeners.size > 1 && entry.status === "SUBSCRIBED") {
+      entry.calls.record(performance.now());
+      await entry.channel?.untrack().catch(() => "error");
+    }
+  }
+
+  private held(t: PresenceTicket): Presence["ticket"] {
+    return { value: t.ticket, renewAt: performance.now() + t.expires_in * 1000 * 2 / 3 };
   }
 
   /** The current status of a topic's channel (undefined: nobody subscribes to it). */
@@ -609,10 +647,12 @@ export class RealtimeService {
     try {
       if (renew) {
         const t = await this.ticket();
-        p.ticket = {
-          value: t.ticket,
-          renewAt: performance.now() + t.expires_in * 1000 * 2 / 3,
-        };
+        p.ticket = this.held(t);
+        const topic = t.topic ?? PRESENCE_TOPIC;
+        if (topic !== entry.name && entry.presence === p) {
+          void p.moveTo?.(topic);
+          return;
+        }
       }
       if (entry.presence !== p || entry.channel !== channel || entry.status !== "SUBSCRIBED") {
         return;

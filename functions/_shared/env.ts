@@ -1,12 +1,29 @@
 // Configuration, read and validated once per process. Names follow the hosted Supabase
 // Edge Functions environment (SUPABASE_*), plus our own REDIS_URL and webhook secret.
 
+import { MAX_PRESENCE_TOPICS } from "./presence_ticket.ts";
 import type { Quota } from "./quota.ts";
 
 function required(name: string): string {
   const value = Deno.env.get(name);
   if (!value) throw new Error(`missing environment variable ${name}`);
   return value;
+}
+
+/**
+ * How many topics presence is sharded over (SLTR_PRESENCE_TOPICS, default 1): the ticket
+ * function names each user's topic by it and the bridges join its topics, so both must be
+ * given the same number. Throws unless 1..MAX_PRESENCE_TOPICS.
+ */
+export function presenceTopicCount(get: (name: string) => string | undefined): number {
+  const raw = get("SLTR_PRESENCE_TOPICS") || "1";
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_PRESENCE_TOPICS) {
+    throw new Error(
+      `SLTR_PRESENCE_TOPICS must be an integer 1..${MAX_PRESENCE_TOPICS}, got ${raw}`,
+    );
+  }
+  return n;
 }
 
 /** Webhook secrets shorter than this are refused: an HMAC key must not be guessable. */
@@ -80,6 +97,8 @@ export interface Env {
   liveIndexRebuildPageRows: number;
   /** Lifetime of a presence ticket (PRESENCE_TICKET_TTL_SECONDS, default 900). */
   presenceTicketTtlSeconds: number;
+  /** Presence topics (SLTR_PRESENCE_TOPICS, default 1): see presenceTopicCount(). */
+  presenceTopics: number;
   /** Per-user quotas (quota.ts), each SLTR_QUOTA_<NAME>=<capacity>/<seconds to refill it>:
    * nearby reads (default 20/120: a read every 6 s, bursts of 20), ids asked of online-status
    * (2000/60) and self-reported presence requests (20/60). The database's RPC quotas
@@ -124,6 +143,7 @@ export function env(): Env {
     liveIndexRebuildPageRows: Number(optional("SLTR_LIVE_INDEX_REBUILD_PAGE_ROWS") ?? "100000"),
     fallbackConcurrency: Number(optional("SLTR_FALLBACK_CONCURRENCY") ?? "4"),
     presenceTicketTtlSeconds: Number(optional("PRESENCE_TICKET_TTL_SECONDS") ?? "900"),
+    presenceTopics: presenceTopicCount(optional),
     quotas: {
       nearby: quota("nearby", "SLTR_QUOTA_NEARBY", "20/120"),
       status: quota("status", "SLTR_QUOTA_STATUS", "2000/60"),

@@ -3,7 +3,7 @@
 -- channels' authorization as Realtime checks it when a client joins. The global broadcast is
 -- off by default since the inboxes (41_presence_push) replaced it; it is tested switched on.
 begin;
-select plan(42);
+select plan(46);
 set local sltr.presence_global_broadcast = on;
 
 -- Apply what other sessions left in the presence buffer, and expire stale users, first (all
@@ -160,7 +160,10 @@ insert into realtime.messages (id, topic, extension, private) values
   ('00000000-0000-4000-a000-00000000e001', 'online-users', 'broadcast', true),
   ('00000000-0000-4000-a000-00000000e002', 'online-users', 'presence', true),
   ('00000000-0000-4000-a000-00000000e003', 'presence:changes', 'broadcast', true),
-  ('00000000-0000-4000-a000-00000000e004', 'elsewhere', 'broadcast', true);
+  ('00000000-0000-4000-a000-00000000e004', 'elsewhere', 'broadcast', true),
+  ('00000000-0000-4000-a000-00000000e005', 'online-users:7', 'broadcast', true),
+  ('00000000-0000-4000-a000-00000000e006', 'online-users:7', 'presence', true),
+  ('00000000-0000-4000-a000-00000000e007', 'online-users:07', 'broadcast', true);
 
 select tests.authenticate_as('bob');
 select set_config('realtime.topic', 'online-users', true) as joining \gset
@@ -185,6 +188,22 @@ select throws_ok(
 select set_config('realtime.topic', 'elsewhere', true) as joining \gset
 select is_empty($$select from realtime.messages where id::text like '00000000-0000-4000-a000-00000000e00_' and topic = realtime.topic()$$,
   'other private topics stay closed');
+-- Presence sharded over topics (online-users:<0..999>): the same rights on every shard.
+select set_config('realtime.topic', 'online-users:7', true) as joining \gset
+select results_eq(
+  $$select extension from realtime.messages where id::text like '00000000-0000-4000-a000-00000000e00_' and topic = realtime.topic()$$,
+  array['broadcast'],
+  'on a presence shard a signed-in user may join but not receive presence');
+select lives_ok(
+  $$insert into realtime.messages (topic, extension, private) values ('online-users:7', 'presence', true)$$,
+  'a signed-in user may publish their presence on a presence shard');
+select set_config('realtime.topic', 'online-users:07', true) as joining \gset
+select is_empty($$select from realtime.messages where id::text like '00000000-0000-4000-a000-00000000e00_' and topic = realtime.topic()$$,
+  'a topic that only looks like a shard (online-users:07) stays closed');
+select set_config('realtime.topic', 'online-users:1000', true) as joining \gset
+select throws_ok(
+  $$insert into realtime.messages (topic, extension, private) values ('online-users:1000', 'presence', true)$$,
+  '42501', null, 'nobody tracks on a shard beyond the 1,000 topics');
 select tests.clear_authentication();
 
 select tests.authenticate_as_anon();

@@ -110,9 +110,10 @@ export function subscribed(
 /** A presence ticket for a user, as functions/presence-ticket issues it. */
 export function ticketFor(
   userId: string,
-  o: { ttlSeconds?: number; nowSeconds?: number; secret?: string } = {},
+  o: { ttlSeconds?: number; nowSeconds?: number; secret?: string; topic?: string } = {},
 ): string {
-  return issueTicket(userId, o.secret ?? WEBHOOK_SECRET, o.ttlSeconds, o.nowSeconds).ticket;
+  const secret = o.secret ?? WEBHOOK_SECRET;
+  return issueTicket(userId, secret, o.ttlSeconds, o.nowSeconds, o.topic).ticket;
 }
 
 /** The stack's presence bridge figures (its /health JSON). */

@@ -5,7 +5,14 @@
 import assert from "node:assert/strict";
 import { signBody, verifySignature } from "../../functions/_shared/auth.ts";
 import type { PresenceEvent } from "../../functions/_shared/presence.ts";
-import { issueTicket, verifyTicket } from "../../functions/_shared/presence_ticket.ts";
+import {
+  isPresenceTopic,
+  issueTicket,
+  presenceTopic,
+  presenceTopics,
+  verifyTicket,
+} from "../../functions/_shared/presence_ticket.ts";
+import { bridgeTopics } from "../../workers/presence-bridge/main.ts";
 import { backoffMs, PresenceBridge } from "../../workers/presence-bridge/bridge.ts";
 import { EventBuffer } from "../../workers/presence-bridge/buffer.ts";
 import { type Outcome, retryAfterMs, WebhookSender } from "../../workers/presence-bridge/sender.ts";
@@ -16,7 +23,8 @@ import { eventually } from "../_lib/harness.ts";
 const SECRET = "test-presence-secret-of-at-least-32-bytes";
 const verifyProof = (proof: unknown, now: number) => verifyTicket(proof, [SECRET], now);
 const T0 = Date.UTC(2026, 10, 1, 12, 0, 0) / 1000;
-const proof = (user: string, ttl = 900, now = T0) => issueTicket(user, SECRET, ttl, now).ticket;
+const proof = (user: string, ttl = 900, now = T0, topic?: string) =>
+  issueTicket(user, SECRET, ttl, now, topic).ticket;
 const quiet = () => {};
 const A = "0b6f3c1e-0000-4000-a000-00000000000a";
 const B = "0b6f3c1e-0000-4000-a000-00000000000b";
@@ -126,6 +134,7 @@ Deno.test("tracker_believes_only_presences_with_a_valid_ticket_for_their_own_key
   assert.deepEqual(t.rejected, {
     bad_key: 1,
     wrong_user: 2,
+    wrong_topic: 0,
     missing_proof: 1,
     invalid_proof: 2,
     expired_proof: 1,
@@ -135,6 +144,81 @@ Deno.test("tracker_believes_only_presences_with_a_valid_ticket_for_their_own_key
   assert.deepEqual(events.map((e) => [e.user_id, e.status, "lat" in e]), [[A, "online", false]]);
   t.leave(A, [{ presence_ref: "h" }]);
   assert.deepEqual(events.at(-1), { user_id: A, status: "offline", at: at(1) });
+});
+
+Deno.test("presence_topics_shard_users_evenly_and_stably_by_id", () => {
+  assert.equal(presenceTopic(A, 1), "online-users");
+  assert.deepEqual(presenceTopics(1), ["online-users"]);
+  assert.deepEqual(presenceTopics(3), ["online-users:0", "online-users:1", "online-users:2"]);
+  // The same user, whatever the case of the id, on the same topic every time.
+  assert.equal(presenceTopic(A.toUpperCase(), 16), presenceTopic(A, 16));
+  const counts = new Map<string, number>();
+  for (let i = 0; i < 20_000; i++) {
+    const id = `0b6f3c1e-0000-4000-a000-${i.toString(16).padStart(12, "0")}`;
+    const topic = presenceTopic(id, 10);
+    counts.set(topic, (counts.get(topic) ?? 0) + 1);
+  }
+  assert.deepEqual([...counts.keys()].sort(), presenceTopics(10));
+  for (const n of counts.values()) assert.ok(n > 1800 && n < 2200, `${n} of 20,000 on a topic`);
+  for (const topic of presenceTopics(1000)) assert.ok(isPresenceTopic(topic), topic);
+  for (const topic of ["online-users:1000", "online-users:07", "online-users:", "x:online-users"]) {
+    assert.equal(isPresenceTopic(topic), false, topic);
+  }
+});
+
+Deno.test("a_bridge_joins_the_shards_it_is_given_and_refuses_what_does_not_fit", () => {
+  const env = (vars: Record<string, string>) => (name: string) => vars[name];
+  assert.deepEqual(bridgeTopics(env({})), ["online-users"]);
+  assert.deepEqual(bridgeTopics(env({ SLTR_PRESENCE_TOPICS: "4" })), presenceTopics(4));
+  assert.deepEqual(
+    bridgeTopics(env({ SLTR_PRESENCE_TOPICS: "20", BRIDGE_TOPICS: "12, 0-2,2" })),
+    ["online-users:0", "online-users:1", "online-users:2", "online-users:12"],
+  );
+  for (const spec of ["20", "3-1", "x", "-1"]) {
+    assert.throws(
+      () => bridgeTopics(env({ SLTR_PRESENCE_TOPICS: "20", BRIDGE_TOPICS: spec })),
+      /BRIDGE_TOPICS/,
+    );
+  }
+  assert.throws(() => bridgeTopics(env({ SLTR_PRESENCE_TOPICS: "0" })), /SLTR_PRESENCE_TOPICS/);
+  // One socket holds 100 channels: 101 topics need two bridges.
+  assert.throws(() => bridgeTopics(env({ SLTR_PRESENCE_TOPICS: "101" })), /100 channels/);
+  assert.equal(
+    bridgeTopics(env({ SLTR_PRESENCE_TOPICS: "101", BRIDGE_TOPICS: "0-99" })).length,
+    100,
+  );
+});
+
+Deno.test("a_presence_counts_only_on_the_topic_its_ticket_names_and_a_resync_keeps_to_its_topic", () => {
+  const events: PresenceEvent[] = [];
+  const t = new PresenceTracker((e) => events.push(e), verifyProof, () => new Date(at(1)));
+  // A's ticket is for shard 1: tracked on shard 2 (or on online-users) it is not believed.
+  t.join(
+    A,
+    [{ presence_ref: "a", user_id: A, proof: proof(A, 900, T0, "online-users:1") }],
+    "online-users:2",
+  );
+  t.join(A, [{ presence_ref: "b", user_id: A, proof: proof(A, 900, T0, "online-users:1") }]);
+  assert.equal(t.rejected.wrong_topic, 2);
+  assert.equal(events.length, 0);
+  // A ticket without a topic (issued before topics) is for online-users alone.
+  t.join(B, [{ presence_ref: "b1", user_id: B, proof: proof(B) }], "online-users:2");
+  assert.equal(t.rejected.wrong_topic, 3);
+  t.join(
+    A,
+    [{ presence_ref: "a1", user_id: A, proof: proof(A, 900, T0, "online-users:1") }],
+    "online-users:1",
+  );
+  t.join(
+    C,
+    [{ presence_ref: "c1", user_id: C, proof: proof(C, 900, T0, "online-users:2") }],
+    "online-users:2",
+  );
+  assert.deepEqual(events.map((e) => [e.user_id, e.status]), [[A, "online"], [C, "online"]]);
+  // Shard 2's channel was closed and joined again, empty: C leaves, A (shard 1) stays.
+  t.resync({}, "online-users:2");
+  assert.deepEqual(events.at(-1), { user_id: C, status: "offline", at: at(1) });
+  assert.deepEqual([...t.online.keys()], [A]);
 });
 
 Deno.test("a_presence_whose_ticket_expires_goes_offline_unless_renewed", () => {

@@ -23,6 +23,7 @@ import {
   userClient,
 } from "./_helpers.ts";
 import { FreezableProxy } from "../_lib/proxy.ts";
+import { presenceTopic } from "../../functions/_shared/presence_ticket.ts";
 
 const HERE = { lat: 52.5205, lng: 13.4049 };
 
@@ -223,6 +224,131 @@ test("the_bridge_joins_again_when_the_server_closes_its_channel_and_resyncs", as
     server.child.kill();
     await server.child.status;
     await deleteUsers(sql, [alice, bob, carol]);
+    await sql.end();
+  }
+});
+
+test("presence_sharded_over_topics_each_user_counts_on_its_own_shard_only", async () => {
+  // Four topics, two bridges holding two each, as docs/scaling.md deploys them at 50k online.
+  const sql = database();
+  const ids = await createUsers(sql, "presence-shards", 13, HERE);
+  const [mallory, ...users] = ids;
+  const shards = { SLTR_PRESENCE_TOPICS: "4" };
+  const server = await startFunctionsServer(shards);
+  const base = server.url.replace(/\/functions\/v1$/, "");
+  const bridges = await Promise.all(
+    ["0-1", "2-3"].map((b) => startBridge(base, { ...shards, BRIDGE_TOPICS: b })),
+  );
+  const health = () =>
+    Promise.all(bridges.map(async (b) =>
+      await (await fetch(b.health)).json() as {
+        online: number;
+        topics: Record<string, boolean>;
+        rejected: Record<string, number>;
+      }
+    ));
+  const apps = await Promise.all(users.map((id) => app(id, base)));
+  const attacker = await userClient(mallory, { url: base });
+  try {
+    assert.deepEqual((await health()).map((h) => Object.keys(h.topics)), [
+      ["online-users:0", "online-users:1"],
+      ["online-users:2", "online-users:3"],
+    ]);
+    // The ticket function names each user's shard; the client module tracks there.
+    const tracked = await Promise.all(
+      users.map((id, i) => apps[i].realtime.trackPresence(id, HERE)),
+    );
+    tracked.forEach((me, i) => assert.equal(me.topic, presenceTopic(users[i], 4)));
+    assert.ok(new Set(tracked.map((me) => me.topic)).size >= 3, "the users are spread");
+    await eventually(
+      async () => Object.values(await onlineMap(sql, users)).every(Boolean),
+      "all online",
+    );
+    // Each user is held by exactly one bridge: the one holding their topic.
+    await eventually(async () => {
+      const [a, b] = await health();
+      return a.online + b.online === users.length;
+    }, "12 users between the two bridges");
+    const [a] = await health();
+    const onA = users.filter((id) =>
+      ["online-users:0", "online-users:1"].includes(presenceTopic(id, 4))
+    );
+    assert.equal(a.online, onA.length);
+
+    // Mallory's own valid ticket, tracked on a shard it does not name: neither bridge believes it.
+    const own = presenceTopic(mallory, 4);
+    const elsewhere = own === "online-users:0" ? "online-users:3" : "online-users:0";
+    const ch = attacker.channel(elsewhere, {
+      config: { private: true, presence: { key: mallory } },
+    });
+    assert.equal((await subscribed(ch)).status, "SUBSCRIBED");
+    const proof = ticketFor(mallory, { topic: own });
+    assert.equal(await ch.track({ user_id: mallory, proof, ...HERE }), "ok");
+    await eventually(async () => {
+      const all = await health();
+      return all.reduce((n, h) => n + (h.rejected.wrong_topic ?? 0), 0) === 1;
+    }, "the wrong shard counted");
+    await sleep(500);
+    assert.equal(await online(sql, mallory), false, "mallory is not online from the wrong shard");
+
+    // A user who leaves goes offline through their shard's bridge.
+    await tracked[0].unsubscribe();
+    await eventually(async () => !(await online(sql, users[0])), "offline after leaving");
+  } finally {
+    await Promise.all(apps.map((a) => a.realtime.close()));
+    await attacker.realtime.disconnect();
+    for (const b of bridges) await b.stop();
+    server.child.kill();
+    await server.child.status;
+    await deleteUsers(sql, ids);
+    await sql.end();
+  }
+});
+
+test("a_resharded_presence_moves_to_the_topic_its_renewed_ticket_names_and_stays_online", async () => {
+  const sql = database();
+  const [alice] = await createUsers(sql, "presence-reshard", 1, HERE);
+  const shards = { SLTR_PRESENCE_TOPICS: "4" };
+  const server = await startFunctionsServer(shards);
+  const base = server.url.replace(/\/functions\/v1$/, "");
+  const bridges = await Promise.all(
+    ["0-1", "2-3"].map((b) => startBridge(base, { ...shards, BRIDGE_TOPICS: b })),
+  );
+  // Tickets of 3 s (renewed after 2): the first for shard 1, later ones for shard 2, as if the
+  // operator had changed SLTR_PRESENCE_TOPICS in between.
+  let issued = 0;
+  const ticket = () => {
+    const topic = issued++ === 0 ? "online-users:1" : "online-users:2";
+    const t = ticketFor(alice, { topic, ttlSeconds: 3 });
+    return Promise.resolve({ ticket: t, topic, expires_at: "", expires_in: 3 });
+  };
+  const token = await userJwt(alice);
+  const a = createSltrClient(base, ANON_KEY, {
+    accessToken: () => Promise.resolve(token),
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    realtimeService: { ticket },
+  });
+  try {
+    const me = await a.realtime.trackPresence(alice, HERE);
+    assert.equal(me.topic, "online-users:1");
+    await eventually(() => online(sql, alice), "online on shard 1");
+    await eventually(() => Promise.resolve(me.topic === "online-users:2"), "moved", 5000);
+    assert.deepEqual(a.realtime.activeTopics, ["online-users:2"], "the old topic was left");
+    await eventually(async () => {
+      const [h1, h2] = await Promise.all(bridges.map(async (b) => (await fetch(b.health)).json()));
+      return h1.online === 0 && h2.online === 1;
+    }, "held by the second shard's bridge alone");
+    await eventually(() => online(sql, alice), "online after the move");
+    // And it keeps being renewed there: still online two renewals later.
+    await sleep(4500);
+    assert.equal(await online(sql, alice), true);
+    await me.update({ lat: HERE.lat + 0.01, lng: HERE.lng });
+  } finally {
+    await a.realtime.close();
+    for (const b of bridges) await b.stop();
+    server.child.kill();
+    await server.child.status;
+    await deleteUsers(sql, [alice]);
     await sql.end();
   }
 });

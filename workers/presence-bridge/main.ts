@@ -5,7 +5,9 @@
 //   SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, PRESENCE_WEBHOOK_SECRETS      required
 //     (comma-separated, newest first; PRESENCE_WEBHOOK_SECRET for one)
 //   PRESENCE_WEBHOOK_URL        default $SUPABASE_URL/functions/v1/presence-webhook
-//   PRESENCE_CHANNEL            default online-users
+//   SLTR_PRESENCE_TOPICS        default 1: presence is sharded over this many topics (the same
+//                               number the presence-ticket function is given)
+//   BRIDGE_TOPICS               default every shard: the shards this bridge joins, e.g. 0-9,12
 //   BRIDGE_FLUSH_INTERVAL_MS    250      BRIDGE_FLUSH_AT_EVENTS      500
 //   BRIDGE_MAX_BUFFERED_EVENTS  200000   BRIDGE_REFRESH_INTERVAL_MS  60000
 //   BRIDGE_SHUTDOWN_GRACE_MS    10000    BRIDGE_STATS_INTERVAL_MS    60000
@@ -14,8 +16,8 @@
 //   BRIDGE_HEARTBEAT_INTERVAL_MS  realtime-js's default (25000); keep it under the server's
 //                               idle timeout (hosted: 60 s)
 import { createClient } from "@supabase/supabase-js";
-import { webhookSecrets } from "../../functions/_shared/env.ts";
-import { verifyTicket } from "../../functions/_shared/presence_ticket.ts";
+import { presenceTopicCount, webhookSecrets } from "../../functions/_shared/env.ts";
+import { presenceTopics, verifyTicket } from "../../functions/_shared/presence_ticket.ts";
 import { PresenceBridge } from "./bridge.ts";
 import { jsonLogger } from "./log.ts";
 import { prometheusText } from "./metrics.ts";
@@ -38,6 +40,38 @@ function count(name: string, fallback: number): number {
   return value;
 }
 
+/** A socket may hold this many channels on hosted Realtime (max_channels_per_client). */
+const MAX_CHANNELS = 100;
+
+/**
+ * The topics this bridge joins: the shards BRIDGE_TOPICS lists ("0-9,12"; default all) of the
+ * SLTR_PRESENCE_TOPICS topics. Throws on a shard that does not exist, or more topics than one
+ * socket may hold.
+ */
+export function bridgeTopics(get: (name: string) => string | undefined): string[] {
+  const all = presenceTopics(presenceTopicCount(get));
+  const spec = get("BRIDGE_TOPICS")?.trim();
+  let topics = all;
+  if (spec) {
+    const shards = new Set<number>();
+    for (const part of spec.split(",").map((p) => p.trim())) {
+      const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+      const [from, to] = m ? [Number(m[1]), Number(m[2] ?? m[1])] : [NaN, NaN];
+      if (!(from <= to && to < all.length)) {
+        throw new Error(`BRIDGE_TOPICS: ${part} is not a shard of 0..${all.length - 1}`);
+      }
+      for (let k = from; k <= to; k++) shards.add(k);
+    }
+    topics = [...shards].sort((a, b) => a - b).map((k) => all[k]);
+  }
+  if (topics.length > MAX_CHANNELS) {
+    throw new Error(
+      `${topics.length} topics: one socket holds ${MAX_CHANNELS} channels; split them with BRIDGE_TOPICS`,
+    );
+  }
+  return topics;
+}
+
 export async function main(): Promise<void> {
   const log = jsonLogger;
   const supabaseUrl = required("SUPABASE_URL").replace(/\/+$/, "");
@@ -50,7 +84,7 @@ export async function main(): Promise<void> {
   const secret = secrets[0];
   const webhookUrl = Deno.env.get("PRESENCE_WEBHOOK_URL") ||
     `${supabaseUrl}/functions/v1/presence-webhook`;
-  const topic = Deno.env.get("PRESENCE_CHANNEL") || "online-users";
+  const topics = bridgeTopics((name) => Deno.env.get(name));
 
   const bridge = new PresenceBridge({
     sender: new WebhookSender({ url: webhookUrl, secret }),
@@ -72,11 +106,17 @@ export async function main(): Promise<void> {
       },
     },
   });
-  const source = new RealtimePresenceSource(supabase, topic, bridge.tracker, log);
+  const sources = topics.map((topic) =>
+    new RealtimePresenceSource(supabase, topic, bridge.tracker, log)
+  );
+  const joined = () => sources.every((s) => s.channel?.state === "joined");
+  const rejoins = () => sources.reduce((n, s) => n + s.rejoins, 0);
 
-  log("info", "starting", { topic, webhook: webhookUrl });
+  log("info", "starting", { topics, webhook: webhookUrl });
   bridge.start();
-  void source.start().then(() => log("info", "joined", { topic }));
+  for (const source of sources) {
+    void source.start().then(() => log("info", "joined", { topic: source.topic }));
+  }
 
   const statsEvery = count("BRIDGE_STATS_INTERVAL_MS", 60_000);
   const statsTimer = statsEvery > 0
@@ -90,14 +130,13 @@ export async function main(): Promise<void> {
   const healthHost = Deno.env.get("BRIDGE_HEALTH_HOST") || "0.0.0.0";
   const health = healthPort
     ? Deno.serve({ hostname: healthHost, port: Number(healthPort), onListen: () => {} }, (req) => {
-      const joined = source.channel?.state === "joined";
       const path = new URL(req.url).pathname;
       if (path === "/metrics") {
         const text = prometheusText(
           bridge.stats(),
           bridge.tracker.online.size,
-          joined,
-          source.rejoins,
+          joined(),
+          rejoins(),
         );
         return new Response(text, {
           headers: { "content-type": "text/plain; version=0.0.4" },
@@ -105,12 +144,13 @@ export async function main(): Promise<void> {
       }
       if (path !== "/health") return new Response("not found", { status: 404 });
       const body = {
-        joined,
-        rejoins: source.rejoins,
+        joined: joined(),
+        topics: Object.fromEntries(sources.map((s) => [s.topic, s.channel?.state === "joined"])),
+        rejoins: rejoins(),
         online: bridge.tracker.online.size,
         ...bridge.stats(),
       };
-      return Response.json(body, { status: joined ? 200 : 503 });
+      return Response.json(body, { status: body.joined ? 200 : 503 });
     })
     : undefined;
 
@@ -121,8 +161,12 @@ export async function main(): Promise<void> {
     stopping = true;
     log("info", "shutting down", { signal, pending: bridge.buffer.size });
     clearInterval(statsTimer);
-    await source.stop().catch((e) =>
-      log("warn", "leaving the channel failed", { error: String(e) })
+    await Promise.all(
+      sources.map((source) =>
+        source.stop().catch((e) =>
+          log("warn", "leaving the channel failed", { topic: source.topic, error: String(e) })
+        )
+      ),
     );
     await bridge.stop(count("BRIDGE_SHUTDOWN_GRACE_MS", 10_000));
     await supabase.realtime.disconnect();

@@ -29,7 +29,7 @@ export class RealtimePresenceSource {
 
   constructor(
     private readonly client: SupabaseClient,
-    private readonly topic: string,
+    readonly topic: string,
     private readonly tracker: PresenceTracker,
     private readonly log: Logger = jsonLogger,
     private readonly backoff: BackoffOptions = { baseMs: 1000, maxMs: 30_000 },
@@ -52,16 +52,18 @@ export class RealtimePresenceSource {
       let resyncing = resync;
       channel
         .on("presence", { event: "join" }, ({ key, newPresences }) => {
-          this.tracker.join(key, newPresences as PresenceMeta[]);
+          this.tracker.join(key, newPresences as PresenceMeta[], this.topic);
         })
         .on("presence", { event: "leave" }, ({ key, leftPresences }) => {
-          this.tracker.leave(key, leftPresences as PresenceMeta[]);
+          this.tracker.leave(key, leftPresences as PresenceMeta[], this.topic);
         })
         .on("presence", { event: "sync" }, () => {
           if (resyncing) {
             resyncing = false;
-            this.tracker.resync(channel.presenceState() as Record<string, PresenceMeta[]>);
+            const state = channel.presenceState() as Record<string, PresenceMeta[]>;
+            this.tracker.resync(state, this.topic);
             this.log("info", "presence resynced after a rejoin", {
+              topic: this.topic,
               online: this.tracker.online.size,
             });
           } else this.log("debug", "presence synced", { online: this.tracker.online.size });

@@ -8,8 +8,16 @@
 // by reason), so a forged presence neither brings anyone online nor keeps them there after
 // their real leave. A believed meta stops counting when its ticket expires (checked on every
 // refresh): clients renew it by tracking again with a new one.
+//
+// One tracker serves every presence topic its bridge joins. A ticket names its user's topic
+// (presence_ticket.ts, presenceTopic): a meta on another topic is not believed (wrong_topic),
+// so a user's devices are all on one topic, and a resync of one topic leaves the others alone.
 import type { PresenceEvent } from "../../functions/_shared/presence.ts";
-import type { TicketCheck, TicketRejection } from "../../functions/_shared/presence_ticket.ts";
+import {
+  PRESENCE_TOPIC,
+  type TicketCheck,
+  type TicketRejection,
+} from "../../functions/_shared/presence_ticket.ts";
 
 /** One device's presence as realtime-js reports it (the payload it tracked). */
 export interface PresenceMeta {
@@ -21,10 +29,11 @@ export interface PresenceMeta {
   [key: string]: unknown;
 }
 
-export type Rejection = TicketRejection | "wrong_user" | "bad_key";
+export type Rejection = TicketRejection | "wrong_user" | "bad_key" | "wrong_topic";
 export const REJECTIONS: readonly Rejection[] = [
   "bad_key",
   "wrong_user",
+  "wrong_topic",
   "missing_proof",
   "invalid_proof",
   "expired_proof",
@@ -33,6 +42,7 @@ export const REJECTIONS: readonly Rejection[] = [
 type Location = { lat: number; lng: number };
 
 interface Tracked {
+  topic: string;
   /** Arrival order: the newest believed meta gives the location. */
   seq: number;
   /** Ticket expiry (unix seconds) when believed. */
@@ -59,7 +69,7 @@ export class PresenceTracker {
   readonly rejected: Record<Rejection, number> = Object.fromEntries(
     REJECTIONS.map((r) => [r, 0]),
   ) as Record<Rejection, number>;
-  /** key → presence_ref → meta as judged. */
+  /** key → "<topic> <presence_ref>" → meta as judged. */
   private readonly metas = new Map<string, Map<string, Tracked>>();
   private seq = 0;
 
@@ -73,40 +83,43 @@ export class PresenceTracker {
     return REJECTIONS.reduce((n, r) => n + this.rejected[r], 0);
   }
 
-  /** Metas that joined under `key` (a first track, a re-track, a resync after a rejoin). */
-  join(key: string, newPresences: PresenceMeta[]): void {
+  /** Metas that joined under `key` on `topic` (a first track, a re-track, a resync). */
+  join(key: string, newPresences: PresenceMeta[], topic = PRESENCE_TOPIC): void {
     let metas = this.metas.get(key);
     if (!metas) this.metas.set(key, metas = new Map());
     const nowSeconds = this.now().getTime() / 1000;
     for (const meta of newPresences) {
-      const ref = String(meta.presence_ref ?? `seq:${this.seq}`);
-      metas.set(ref, this.judge(key, meta, nowSeconds));
+      const ref = `${topic} ${meta.presence_ref ?? `seq:${this.seq}`}`;
+      metas.set(ref, this.judge(key, meta, nowSeconds, topic));
     }
     this.settle(key);
   }
 
-  /** Metas that left `key` (untrack, channel closed, socket gone). */
-  leave(key: string, leftPresences: PresenceMeta[]): void {
+  /** Metas that left `key` on `topic` (untrack, channel closed, socket gone). */
+  leave(key: string, leftPresences: PresenceMeta[], topic = PRESENCE_TOPIC): void {
     const metas = this.metas.get(key);
     if (!metas) return;
-    for (const meta of leftPresences) metas.delete(String(meta.presence_ref));
+    for (const meta of leftPresences) metas.delete(`${topic} ${meta.presence_ref}`);
     this.settle(key);
   }
 
-  /** The whole presence state of a channel joined anew (after the server closed the old one,
-   * whose departures the bridge never heard): metas it holds that we know are kept as judged,
-   * new ones are judged, and metas (and users) it no longer holds leave. Nobody still present
-   * goes offline, not even for a moment. */
-  resync(state: Record<string, PresenceMeta[]>): void {
+  /** The whole presence state of `topic`'s channel joined anew (after the server closed the
+   * old one, whose departures the bridge never heard): metas it holds that we know are kept as
+   * judged, new ones are judged, and metas (and users) it no longer holds leave. Nobody still
+   * present goes offline, not even for a moment; other topics' metas are not touched. */
+  resync(state: Record<string, PresenceMeta[]>, topic = PRESENCE_TOPIC): void {
+    const refOf = (m: PresenceMeta) => `${topic} ${m.presence_ref}`;
     for (const [key, metas] of [...this.metas]) {
-      const present = new Set((state[key] ?? []).map((m) => String(m.presence_ref)));
-      for (const ref of [...metas.keys()]) if (!present.has(ref)) metas.delete(ref);
+      const present = new Set((state[key] ?? []).map(refOf));
+      for (const [ref, t] of [...metas]) {
+        if (t.topic === topic && !present.has(ref)) metas.delete(ref);
+      }
       this.settle(key);
     }
     for (const [key, presences] of Object.entries(state)) {
       const known = this.metas.get(key);
-      const fresh = presences.filter((m) => !known?.has(String(m.presence_ref)));
-      if (fresh.length) this.join(key, fresh);
+      const fresh = presences.filter((m) => !known?.has(refOf(m)));
+      if (fresh.length) this.join(key, fresh, topic);
     }
   }
 
@@ -136,8 +149,8 @@ export class PresenceTracker {
     return [...this.online.keys()].map((user_id) => ({ user_id, status: "online", at }));
   }
 
-  private judge(key: string, meta: PresenceMeta, nowSeconds: number): Tracked {
-    const tracked: Tracked = { seq: ++this.seq };
+  private judge(key: string, meta: PresenceMeta, nowSeconds: number, topic: string): Tracked {
+    const tracked: Tracked = { topic, seq: ++this.seq };
     const reject = (reason: Rejection) => {
       this.rejected[reason]++;
       return tracked;
@@ -150,6 +163,7 @@ export class PresenceTracker {
     const check = this.verify(meta.proof, nowSeconds);
     if (!check.ok) return reject(check.reason);
     if (check.sub !== id) return reject("wrong_user");
+    if (check.topic !== topic) return reject("wrong_topic");
     tracked.exp = check.exp;
     tracked.location = location(meta);
     return tracked;

@@ -41,6 +41,8 @@ export class RealtimeServer {
     connectionsRefused: 0,
     joins: 0,
     joinsRefused: 0,
+    /** Of those, joins whose token had expired (a client rejoining with a stale token). */
+    joinsRefusedExpiredToken: 0,
     framesIn: 0,
     framesOut: 0,
     bytesOut: 0,

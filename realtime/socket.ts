@@ -116,6 +116,9 @@ export class Socket {
     }
     if (!result.ok) {
       this.server.counts.joinsRefused++;
+      if (result.reason.startsWith("InvalidJWTToken: Token has expired")) {
+        this.server.counts.joinsRefusedExpiredToken++;
+      }
       reply("error", { reason: result.reason });
       // "Too many joins per second" also drops the socket (realtime_channel.ex join/3).
       if (result.dropSocket) this.close(1000, "too many joins");

@@ -259,6 +259,11 @@ export function registerRealtimeMetrics(stats: () => Record<string, number | boo
   const counters: [string, string, string][] = [
     ["joins", "sltr_realtime_joins_total", "Channel joins accepted."],
     ["joinsRefused", "sltr_realtime_joins_refused_total", "Channel joins refused."],
+    [
+      "joinsRefusedExpiredToken",
+      "sltr_realtime_joins_refused_expired_token_total",
+      "Channel joins refused because their token had expired.",
+    ],
     ["connectionsRefused", "sltr_realtime_connections_refused_total", "Upgrades refused."],
     ["framesOut", "sltr_realtime_frames_sent_total", "Frames sent to clients."],
     [

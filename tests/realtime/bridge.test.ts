@@ -221,6 +221,34 @@ Deno.test("a_presence_counts_only_on_the_topic_its_ticket_names_and_a_resync_kee
   assert.deepEqual([...t.online.keys()], [A]);
 });
 
+Deno.test("leaves_held_after_a_rejoin_take_offline_only_who_is_not_back_by_the_release", () => {
+  const events: PresenceEvent[] = [];
+  const t = new PresenceTracker((e) => events.push(e), verifyProof, () => new Date(at(1)));
+  for (const u of [A, B]) t.join(u, [{ presence_ref: `${u}-1`, user_id: u, proof: proof(u) }]);
+  const other = "online-users:1";
+  t.join(C, [{ presence_ref: "c1", user_id: C, proof: proof(C, 900, T0, other) }], other);
+  events.length = 0;
+  // Realtime restarted: the bridge's channel is joined again and its first state has nobody
+  // yet; realtime-js reports A and B as left.
+  assert.equal(t.holdLeaves("online-users"), true);
+  assert.equal(t.holdLeaves("online-users"), false, "already held");
+  for (const u of [A, B]) t.leave(u, [{ presence_ref: `${u}-1` }]);
+  t.resync({}, "online-users");
+  assert.equal(t.heldLeaves, 2);
+  assert.deepEqual(events, [], "nobody offline while held");
+  // Leaves on another topic are not held.
+  t.leave(C, [{ presence_ref: "c1" }], other);
+  assert.deepEqual(events, [{ user_id: C, status: "offline", at: at(1) }]);
+  // A is back (a new meta); B never comes back.
+  t.join(A, [{ presence_ref: `${A}-2`, user_id: A, proof: proof(A) }]);
+  assert.equal(t.releaseLeaves("online-users"), 1);
+  assert.deepEqual(events.at(-1), { user_id: B, status: "offline", at: at(1) });
+  assert.deepEqual([...t.online.keys()], [A]);
+  // Released: leaves apply at once again.
+  t.leave(A, [{ presence_ref: `${A}-2` }]);
+  assert.deepEqual(events.at(-1), { user_id: A, status: "offline", at: at(1) });
+});
+
 Deno.test("a_presence_whose_ticket_expires_goes_offline_unless_renewed", () => {
   let now = T0;
   const events: PresenceEvent[] = [];

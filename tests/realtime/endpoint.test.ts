@@ -7,6 +7,7 @@ import { ANON_KEY, API_URL, SERVICE_ROLE_KEY } from "../_lib/env.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { eventually, sleep, test } from "../_lib/harness.ts";
 import { client, closeClient, database, subscribed, userClient } from "./_helpers.ts";
+import { sample, scrape } from "../_lib/metrics.ts";
 
 const WS_URL = `${API_URL.replace(/^http/, "ws")}/realtime/v1/websocket`;
 
@@ -237,6 +238,9 @@ test("tokens_are_checked_on_join_and_an_expiring_token_closes_the_channel", asyn
   const expired = await userJwt(user, { expiresIn: Math.floor(Date.now() / 1000) - 30 });
   const forged = await userJwt(user, { secret: "another-secret-another-secret-another" });
   const clients = [expired, forged].map((token) => client(ANON_KEY, { token }));
+  const refusedExpired = async () =>
+    sample(await scrape(), "sltr_realtime_joins_refused_expired_token_total") ?? 0;
+  const before = await refusedExpired();
   try {
     await Promise.all(clients.map((c) => c.realtime.setAuth()));
     const [e, f] = await Promise.all(
@@ -245,6 +249,8 @@ test("tokens_are_checked_on_join_and_an_expiring_token_closes_the_channel", asyn
     assert.equal(e.status, "CHANNEL_ERROR");
     assert.match(e.error!.message, /^InvalidJWTToken: Token has expired \d+ seconds ago$/);
     assert.equal(f.error?.message, "JwtSignatureError: Failed to validate JWT signature");
+    // Counted by its reason (the reconnect storm reports it: no rejoin with an expired token).
+    assert.ok(await refusedExpired() - before >= 1, "the expired token's join is counted");
 
     const short = await userJwt(user, { expiresIn: Math.floor(Date.now() / 1000) + 2 });
     clients.push(client(ANON_KEY, { token: short }));

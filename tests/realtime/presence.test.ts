@@ -183,7 +183,8 @@ test("the_bridge_joins_again_when_the_server_closes_its_channel_and_resyncs", as
   const [alice, bob, carol] = await createUsers(sql, "bridge-rejoin", 3, HERE);
   const server = await startFunctionsServer({ REALTIME_MAX_EVENTS_PER_SECOND: "1" });
   const base = server.url.replace(/\/functions\/v1$/, "");
-  const bridge = await startBridge(base);
+  // Leaves after a rejoin wait the grace (clients reconnecting): 3 s here, not 60.
+  const bridge = await startBridge(base, { BRIDGE_REJOIN_GRACE_MS: "3000" });
   const apps = await Promise.all([alice, bob, carol].map((id) => app(id, base)));
   const health = async () =>
     await (await fetch(bridge.health)).json() as { joined: boolean; rejoins: number };
@@ -211,7 +212,7 @@ test("the_bridge_joins_again_when_the_server_closes_its_channel_and_resyncs", as
     await closeClient(service);
     await eventually(async () => (await health()).rejoins >= 1, "the bridge joined again", 40_000);
     await eventually(async () => (await health()).joined, "joined", 10_000);
-    await eventually(async () => !(await online(sql, bob)), "bob offline after the resync", 10_000);
+    await eventually(async () => !(await online(sql, bob)), "bob offline after the grace", 15_000);
 
     // Presence flows again through the new channel.
     await apps[2].realtime.trackPresence(carol, HERE);
@@ -349,6 +350,105 @@ test("a_resharded_presence_moves_to_the_topic_its_renewed_ticket_names_and_stays
     server.child.kill();
     await server.child.status;
     await deleteUsers(sql, [alice]);
+    await sql.end();
+  }
+});
+
+test("the_realtime_endpoint_restarts_under_clients_and_nobody_reads_offline", async () => {
+  // A Realtime restart drops every socket. The clients come back spread over 6 s (the client
+  // module's ReconnectPolicy; 45 s in production), the bridge after ~1-3 s: its first state then
+  // holds a few of them, and without the rejoin grace the others would go offline until they
+  // are back. A watcher samples Postgres throughout: nobody may read offline.
+  const sql = database();
+  const users = await createUsers(sql, "realtime-restart", 24, HERE);
+  let server = await startFunctionsServer({});
+  const port = Number(new URL(server.url).port);
+  const base = `http://127.0.0.1:${port}`;
+  const bridge = await startBridge(base, { BRIDGE_REJOIN_GRACE_MS: "20000" });
+  const apps = await Promise.all(users.map(async (id) => {
+    const token = await userJwt(id);
+    return createSltrClient(base, ANON_KEY, {
+      accessToken: () => Promise.resolve(token),
+      auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+      reconnect: { spreadMs: 6000 },
+    }) as SltrClient;
+  }));
+  const health = async () =>
+    await (await fetch(bridge.health)).json() as {
+      joined: boolean;
+      online: number;
+      heldLeaves: number;
+    };
+  let watching = true;
+  const offlineSeen = new Set<string>();
+  let samples = 0;
+  try {
+    const tracked = await Promise.all(apps.map((a, i) => a.realtime.trackPresence(users[i], HERE)));
+    const watches = apps.map((a) => a.realtime.watchStatus(() => {}));
+    const inbox = (i: number) => `presence:user:${users[i]}`;
+    await eventually(
+      () => Promise.resolve(apps.every((a, i) => a.realtime.status(inbox(i)) === "SUBSCRIBED")),
+      "every inbox joined",
+    );
+    await eventually(
+      async () => Object.values(await onlineMap(sql, users)).every(Boolean),
+      "online",
+    );
+    const watcher = (async () => {
+      while (watching) {
+        const map = await onlineMap(sql, users);
+        for (const id of users) if (map[id] !== true) offlineSeen.add(id);
+        samples++;
+        await sleep(100);
+      }
+    })();
+
+    server.child.kill();
+    await server.child.status;
+    await sleep(1000);
+    server = await startFunctionsServer({}, "presence-webhook", port);
+    const restarted = performance.now();
+
+    await eventually(
+      () =>
+        Promise.resolve(apps.every((a, i) =>
+          a.realtime.status(tracked[i].topic) === "SUBSCRIBED" &&
+          a.realtime.status(inbox(i)) === "SUBSCRIBED"
+        )),
+      "every client joined again",
+      20_000,
+    );
+    await eventually(
+      async () => {
+        const text = await (await fetch(`${server.url}/metrics`, {
+          headers: { authorization: `Bearer ${SERVICE_ROLE_KEY}` },
+        })).text();
+        return Number(/^sltr_realtime_presences (\d+)/m.exec(text)?.[1]) === users.length;
+      },
+      "every presence tracked again on the new endpoint",
+      20_000,
+    );
+    const back = performance.now() - restarted;
+    const h = await health();
+    assert.equal(h.joined, true);
+    assert.equal(h.online, users.length, "the bridge holds everyone");
+    await sleep(1000); // a last batch's worth
+    watching = false;
+    await watcher;
+    console.log(
+      `restart: all ${users.length} back ${back.toFixed(0)} ms after the endpoint; ` +
+        `${samples} samples, bridge held leaves ${h.heldLeaves}`,
+    );
+    assert.ok(samples > 20, "the watcher sampled throughout");
+    assert.deepEqual([...offlineSeen], [], "nobody read offline during the restart");
+    await Promise.all(watches.map((w) => w.unsubscribe()));
+  } finally {
+    watching = false;
+    await Promise.all(apps.map((a) => a.realtime.close().catch(() => {})));
+    await bridge.stop();
+    server.child.kill();
+    await server.child.status;
+    await deleteUsers(sql, users);
     await sql.end();
   }
 });

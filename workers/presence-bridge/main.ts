@@ -11,6 +11,8 @@
 //   BRIDGE_FLUSH_INTERVAL_MS    250      BRIDGE_FLUSH_AT_EVENTS      500
 //   BRIDGE_MAX_BUFFERED_EVENTS  200000   BRIDGE_REFRESH_INTERVAL_MS  60000
 //   BRIDGE_SHUTDOWN_GRACE_MS    10000    BRIDGE_STATS_INTERVAL_MS    60000
+//   BRIDGE_REJOIN_GRACE_MS      60000: after a rejoin, leaves wait this long (clients are
+//                               reconnecting, spread over 45 s)
 //   BRIDGE_HEALTH_PORT          unset: no endpoint; else GET /health and /metrics on <port>
 //   BRIDGE_HEALTH_HOST          0.0.0.0
 //   BRIDGE_HEARTBEAT_INTERVAL_MS  realtime-js's default (25000); keep it under the server's
@@ -107,7 +109,13 @@ export async function main(): Promise<void> {
     },
   });
   const sources = topics.map((topic) =>
-    new RealtimePresenceSource(supabase, topic, bridge.tracker, log)
+    new RealtimePresenceSource(
+      supabase,
+      topic,
+      bridge.tracker,
+      log,
+      count("BRIDGE_REJOIN_GRACE_MS", 60_000),
+    )
   );
   const joined = () => sources.every((s) => s.channel?.state === "joined");
   const rejoins = () => sources.reduce((n, s) => n + s.rejoins, 0);
@@ -148,6 +156,7 @@ export async function main(): Promise<void> {
         topics: Object.fromEntries(sources.map((s) => [s.topic, s.channel?.state === "joined"])),
         rejoins: rejoins(),
         online: bridge.tracker.online.size,
+        heldLeaves: bridge.tracker.heldLeaves,
         ...bridge.stats(),
       };
       return Response.json(body, { status: body.joined ? 200 : 503 });

@@ -17,6 +17,11 @@ import type { PresenceMeta, PresenceTracker } from "./tracker.ts";
  * tracker with the new channel's first full state, so that whoever left meanwhile goes offline
  * and nobody still present flaps. In between, the bridge keeps re-sending who it knew to be
  * present (its refresh), so nobody reads as offline for the outage.
+ *
+ * Every join after the first (realtime-js's own rejoins included) holds the topic's leaves for
+ * `rejoinGraceMs` (PresenceTracker.holdLeaves): the first state after a Realtime restart holds
+ * only the clients already back, and the others are on their way (spread over 45 s by the
+ * client module's ReconnectPolicy), not gone.
  */
 export class RealtimePresenceSource {
   channel?: RealtimeChannel;
@@ -26,12 +31,15 @@ export class RealtimePresenceSource {
   private stopping = false;
   private attempt = 0;
   private rejoinTimer?: ReturnType<typeof setTimeout>;
+  private graceTimer?: ReturnType<typeof setTimeout>;
+  private joinedOnce = false;
 
   constructor(
     private readonly client: SupabaseClient,
     readonly topic: string,
     private readonly tracker: PresenceTracker,
     private readonly log: Logger = jsonLogger,
+    private readonly rejoinGraceMs = 60_000,
     private readonly backoff: BackoffOptions = { baseMs: 1000, maxMs: 30_000 },
     private readonly random: () => number = Math.random,
   ) {}
@@ -73,6 +81,8 @@ export class RealtimePresenceSource {
           this.log(level, `channel ${this.topic}: ${status}`, err ? { error: err.message } : {});
           if (status === "SUBSCRIBED") {
             this.attempt = 0;
+            if (this.joinedOnce) this.holdLeaves();
+            this.joinedOnce = true;
             resolve();
           }
           if (status === "CLOSED" && !this.stopping && this.channel === channel) {
@@ -81,6 +91,20 @@ export class RealtimePresenceSource {
         });
       this.channel = channel;
     });
+  }
+
+  /** Leaves on this topic wait rejoinGraceMs (a second rejoin within it extends nothing: the
+   * clients' spread started at the first). */
+  private holdLeaves(): void {
+    if (this.rejoinGraceMs <= 0 || !this.tracker.holdLeaves(this.topic)) return;
+    this.log("info", "holding leaves after a rejoin", {
+      topic: this.topic,
+      graceMs: this.rejoinGraceMs,
+    });
+    this.graceTimer = setTimeout(() => {
+      const offline = this.tracker.releaseLeaves(this.topic);
+      this.log("info", "rejoin grace over", { topic: this.topic, offline });
+    }, this.rejoinGraceMs);
   }
 
   /** A new channel in place of one the server closed, after a jittered backoff. */
@@ -106,6 +130,7 @@ export class RealtimePresenceSource {
   async stop(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.rejoinTimer);
+    clearTimeout(this.graceTimer);
     if (this.channel) await this.client.removeChannel(this.channel);
     this.channel = undefined;
   }

@@ -12,6 +12,12 @@
 // One tracker serves every presence topic its bridge joins. A ticket names its user's topic
 // (presence_ticket.ts, presenceTopic): a meta on another topic is not believed (wrong_topic),
 // so a user's devices are all on one topic, and a resync of one topic leaves the others alone.
+//
+// After a topic's channel is joined again (a lost socket, a Realtime restart, a channel the
+// server closed), its first presence state holds only the clients already back; realtime-js
+// reports everyone else as left. Those leaves are held for a grace period (holdLeaves): the
+// clients reconnect spread over tens of seconds (client/reconnect.ts), and one that is back
+// within it never reads offline; one that is not goes offline when it ends.
 import type { PresenceEvent } from "../../functions/_shared/presence.ts";
 import {
   PRESENCE_TOPIC,
@@ -72,6 +78,8 @@ export class PresenceTracker {
   /** key → "<topic> <presence_ref>" → meta as judged. */
   private readonly metas = new Map<string, Map<string, Tracked>>();
   private seq = 0;
+  /** Topics whose leaves are held (holdLeaves), with what left meanwhile: key → refs. */
+  private readonly held = new Map<string, Map<string, Set<string>>>();
 
   constructor(
     private readonly emit: (event: PresenceEvent) => void,
@@ -97,10 +105,7 @@ export class PresenceTracker {
 
   /** Metas that left `key` on `topic` (untrack, channel closed, socket gone). */
   leave(key: string, leftPresences: PresenceMeta[], topic = PRESENCE_TOPIC): void {
-    const metas = this.metas.get(key);
-    if (!metas) return;
-    for (const meta of leftPresences) metas.delete(`${topic} ${meta.presence_ref}`);
-    this.settle(key);
+    this.drop(key, leftPresences.map((m) => `${topic} ${m.presence_ref}`), topic);
   }
 
   /** The whole presence state of `topic`'s channel joined anew (after the server closed the
@@ -111,16 +116,53 @@ export class PresenceTracker {
     const refOf = (m: PresenceMeta) => `${topic} ${m.presence_ref}`;
     for (const [key, metas] of [...this.metas]) {
       const present = new Set((state[key] ?? []).map(refOf));
-      for (const [ref, t] of [...metas]) {
-        if (t.topic === topic && !present.has(ref)) metas.delete(ref);
-      }
-      this.settle(key);
+      const gone = [...metas].filter(([ref, t]) => t.topic === topic && !present.has(ref));
+      if (gone.length) this.drop(key, gone.map(([ref]) => ref), topic);
     }
     for (const [key, presences] of Object.entries(state)) {
       const known = this.metas.get(key);
       const fresh = presences.filter((m) => !known?.has(refOf(m)));
       if (fresh.length) this.join(key, fresh, topic);
     }
+  }
+
+  /** From now until releaseLeaves(topic), leaves on `topic` are held: the metas keep counting
+   * (a ticket that expires still ends one). Returns false if they already were. */
+  holdLeaves(topic: string): boolean {
+    if (this.held.has(topic)) return false;
+    this.held.set(topic, new Map());
+    return true;
+  }
+
+  /** Applies the leaves held on `topic` and stops holding; returns how many users that took
+   * offline (those not back on another meta meanwhile). */
+  releaseLeaves(topic: string): number {
+    const held = this.held.get(topic);
+    this.held.delete(topic);
+    const before = this.online.size;
+    for (const [key, refs] of held ?? []) this.drop(key, [...refs], topic);
+    return before - this.online.size;
+  }
+
+  /** Leaves held now, on every topic. */
+  get heldLeaves(): number {
+    let n = 0;
+    for (const keys of this.held.values()) for (const refs of keys.values()) n += refs.size;
+    return n;
+  }
+
+  private drop(key: string, refs: string[], topic: string): void {
+    const held = this.held.get(topic);
+    if (held) {
+      let mine = held.get(key);
+      if (!mine) held.set(key, mine = new Set());
+      for (const ref of refs) mine.add(ref);
+      return;
+    }
+    const metas = this.metas.get(key);
+    if (!metas) return;
+    for (const ref of refs) metas.delete(ref);
+    this.settle(key);
   }
 
   /** Drops believed metas whose ticket has expired; their users go offline unless another

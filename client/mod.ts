@@ -33,7 +33,7 @@ export interface SltrClient {
 
 /** Create once per app: one socket, one auth session, shared by everything. The socket
  * reconnects with ReconnectPolicy's jittered delays unless `realtime.reconnectAfterMs` is
- * given. */
+ * given, with a token fetched afresh while it waits. */
 export function createSltrClient(
   url: string,
   anonKey: string,
@@ -46,10 +46,16 @@ export function createSltrClient(
   const policy = new ReconnectPolicy(reconnect);
   const realtime = supabaseOptions.realtime ?? {};
   const heartbeat = realtime.heartbeatCallback;
-  const supabase = createClient<Database>(url, anonKey, {
+  const supabase: SupabaseClient<Database> = createClient<Database>(url, anonKey, {
     ...supabaseOptions,
     realtime: {
-      reconnectAfterMs: (tries: number) => policy.delayMs(tries),
+      reconnectAfterMs: (tries: number) => {
+        // The channels rejoin with the token realtime-js holds, the moment the socket is back,
+        // and a token that expired while the socket was down (no heartbeats, so no refresh)
+        // is refused: fetch a fresh one now, while the reconnect waits.
+        void supabase.realtime.setAuth().catch(() => {});
+        return policy.delayMs(tries);
+      },
       ...realtime,
       heartbeatCallback: (status, latency) => {
         policy.heartbeat(status);

@@ -87,6 +87,9 @@ export interface RealtimeServiceOptions {
   resubscribeAfterMs?: (attempt: number) => number;
   /** trackPresence()/update() reject when not tracked within this long (default 15 s). */
   trackTimeoutMs?: number;
+  /** A join not answered within this long is given up and made again later (default 20 s,
+   * twice realtime-js's 10: in a reconnect storm the server answers late, not never). */
+  joinTimeoutMs?: number;
   /** The server's presence limit to stay under (default: hosted's 5 calls per 30 s). */
   presenceLimit?: { maxCalls: number; windowMs: number };
   /** Where presence tickets come from (default: the presence-ticket function). */
@@ -168,6 +171,7 @@ export class RealtimeService {
   private readonly leaving = new Map<string, Promise<unknown>>();
   private readonly resubscribeAfterMs: (attempt: number) => number;
   private readonly trackTimeoutMs: number;
+  private readonly joinTimeoutMs: number;
   private readonly presenceLimit: { maxCalls: number; windowMs: number };
   private readonly ticket: () => Promise<PresenceTicket>;
   private readonly favorites: () => Promise<string[]>;
@@ -187,6 +191,7 @@ export class RealtimeService {
     this.resubscribeAfterMs = options.resubscribeAfterMs ??
       ((n) => Math.max(100, jitteredBackoffMs(n, { baseMs: 1000, capMs: 30_000 }, this.random)));
     this.trackTimeoutMs = options.trackTimeoutMs ?? 15_000;
+    this.joinTimeoutMs = options.joinTimeoutMs ?? 20_000;
     this.presenceLimit = options.presenceLimit ?? HOSTED_PRESENCE_LIMIT;
     this.api = new SltrApi(supabase);
     this.ticket = options.ticket ?? (() => this.api.presenceTicket());
@@ -545,7 +550,10 @@ export class RealtimeService {
     });
     entry.channel = channel;
     entry.status = "JOINING";
-    channel.subscribe((status, error) => this.onStatus(entry, channel, status, error));
+    channel.subscribe(
+      (status, error) => this.onStatus(entry, channel, status, error),
+      this.joinTimeoutMs,
+    );
   }
 
   private onStatus(entry: Topic, channel: RealtimeChannel, status: string, error?: Error): void {
@@ -561,9 +569,14 @@ export class RealtimeService {
         entry.presence.sent = 0;
         void this.pump(entry);
       }
-    } else if (status === "CLOSED" && this.topics.get(entry.name) === entry) {
-      // Closed by the server (an expired token, the presence limit) while still wanted: join a
-      // new channel, after a jittered delay.
+    } else if (
+      (status === "CLOSED" || status === "TIMED_OUT") && this.topics.get(entry.name) === entry
+    ) {
+      // Closed by the server (an expired token, the presence limit) while still wanted, or no
+      // answer to the join in time: join a new channel after a jittered delay. On a timeout
+      // realtime-js would join again by itself after 1, 2, 5, then every 10 s, all clients in
+      // step, while the server is still working through their first joins (a storm that never
+      // ends); the old channel is left first, so a late answer to it changes nothing.
       entry.attempts++;
       void this.rebuild(entry, this.resubscribeAfterMs(entry.attempts));
     }

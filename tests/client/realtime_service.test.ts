@@ -4,12 +4,14 @@
 // closed channel and after the endpoint restarts.
 import assert from "node:assert/strict";
 import {
+  createSltrClient,
   RealtimeService,
   STATUS_EVENT,
   STATUS_TOPIC,
   type StatusChange,
 } from "../../client/mod.ts";
-import { SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { ANON_KEY, SERVICE_ROLE_KEY } from "../_lib/env.ts";
+import { sample, scrape } from "../_lib/metrics.ts";
 import { userJwt } from "../_lib/jwt.ts";
 import { startFunctionsServer } from "../_lib/servers.ts";
 import { eventually, sleep, test } from "../_lib/harness.ts";
@@ -235,6 +237,65 @@ test("after_the_endpoint_restarts_channels_rejoin_and_presence_is_tracked_again"
     }
   } finally {
     await realtime.close();
+    server.child.kill();
+    await server.child.status;
+  }
+});
+
+test("a_token_that_expired_while_the_socket_was_down_is_never_the_one_a_rejoin_carries", async () => {
+  // Tokens of 16 s, renewed by the token source when under 12 s are left (as a session
+  // refreshes its access token), and the endpoint down for 10 s: the token realtime-js held when
+  // the socket dropped has expired by the time it is back, and no heartbeat refreshed it.
+  let server = await startFunctionsServer({});
+  const port = Number(new URL(server.url).port);
+  const url = `http://127.0.0.1:${port}`;
+  const user = crypto.randomUUID();
+  let token = "";
+  let exp = 0;
+  const accessToken = async () => {
+    const now = Date.now() / 1000;
+    if (exp - now < 12) {
+      exp = Math.floor(now) + 16;
+      token = await userJwt(user, { expiresIn: exp });
+    }
+    return token;
+  };
+  const sltr = createSltrClient(url, ANON_KEY, {
+    accessToken,
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    reconnect: { spreadMs: 2000 },
+    realtimeService: {
+      ticket: () => Promise.resolve({ ticket: ticketFor(user), expires_in: 900, expires_at: "" }),
+      favorites: () => Promise.resolve([]),
+    },
+  });
+  try {
+    const me = await sltr.realtime.trackPresence(user);
+    const inbox = sltr.realtime.watchStatus(() => {});
+    await eventually(
+      () => Promise.resolve(sltr.realtime.status(inbox.topic) === "SUBSCRIBED"),
+      "inbox",
+    );
+    server.child.kill();
+    await server.child.status;
+    await sleep(Math.max(0, (exp + 0.5) * 1000 - Date.now())); // the held token has expired
+    server = await startFunctionsServer({}, "presence-webhook", port);
+    const refused = async () =>
+      sample(await scrape(server.url), "sltr_realtime_joins_refused_expired_token_total") ?? 0;
+    await eventually(
+      () =>
+        Promise.resolve(
+          sltr.realtime.status(me.topic) === "SUBSCRIBED" &&
+            sltr.realtime.status(inbox.topic) === "SUBSCRIBED",
+        ),
+      "both channels joined on the new endpoint",
+      15_000,
+    );
+    const joins = sample(await scrape(server.url), "sltr_realtime_joins_total") ?? 0;
+    assert.ok(joins >= 2, `${joins} joins`);
+    assert.equal(await refused(), 0, "no join carried an expired token");
+  } finally {
+    await sltr.realtime.close();
     server.child.kill();
     await server.child.status;
   }

@@ -1,5 +1,6 @@
-// `make bench-presence`: presence at scale on today's topology (every user on the one private
-// topic online-users), with real supabase-js sockets: N clients (default 10,000), one socket
+// `make bench-presence`: presence at scale, on one private topic (online-users) or sharded over
+// --topics T (online-users:<k>, each user on their shard), with real supabase-js sockets: N
+// clients (default 10,000), one socket
 // each, join the topic as signed-in users and track {user_id, proof}, through a private endpoint
 // (limits raised so that the machine, not a plan, is the limit; counting as hosted counts) and
 // its own presence bridge, into the stack's database. It reports:
@@ -14,6 +15,7 @@
 //   - CPU of the endpoint and of this load generator.
 // The run checks its own workload: it fails (exit 1) when fewer than 95 % of the clients hold
 // their presence, in the endpoint or in the bridge.
+// With --topics, the figures per topic: members, presence messages sent, and the sync of one.
 //   deno run -A bench/presence_scale.ts --clients 10000 --churn-seconds 60 --samples 100
 import { createClient, type RealtimeChannel, type SupabaseClient } from "@supabase/supabase-js";
 import { cpuSeconds, flag, Latency, numberFlag, planHeadroom, progress, sleep } from "./lib.ts";
@@ -22,12 +24,14 @@ import { startBridge, startFunctionsServer } from "../tests/_lib/servers.ts";
 import { userJwt } from "../tests/_lib/jwt.ts";
 import { database, onlineMap, ticketFor } from "../tests/realtime/_helpers.ts";
 import { ANON_KEY, DB_URL, SERVICE_ROLE_KEY } from "../tests/_lib/env.ts";
+import { presenceTopic, presenceTopics } from "../functions/_shared/presence_ticket.ts";
 
 const CLIENTS = numberFlag("clients", 10_000);
 const CHURN_SECONDS = numberFlag("churn-seconds", 60);
 const SAMPLES = numberFlag("samples", 100);
 const OUT = flag("out", "bench/results");
-const TOPIC = "online-users";
+const TOPICS = numberFlag("topics", 1);
+const topicOf = (n: number) => presenceTopic(idOf(n), TOPICS);
 const log = (msg: string) => console.error(`[presence bench] ${msg}`);
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
 
@@ -42,9 +46,11 @@ const server = await startFunctionsServer({
   REALTIME_MAX_EVENTS_PER_SECOND: "100000000",
   REALTIME_MAX_PRESENCE_EVENTS_PER_SECOND: "100000000",
   REALTIME_REPLICATION_DB_URL: DB_URL,
+  SLTR_PRESENCE_TOPICS: String(TOPICS),
 });
 const base = server.url.replace(/\/functions\/v1$/, "");
-const bridge = await startBridge(base, { BRIDGE_STATS_INTERVAL_MS: "0" });
+const shards = { SLTR_PRESENCE_TOPICS: String(TOPICS) };
+const bridge = await startBridge(base, { ...shards, BRIDGE_STATS_INTERVAL_MS: "0" });
 const serverPid = server.child.pid;
 
 async function scrape(): Promise<Record<string, number>> {
@@ -80,14 +86,15 @@ async function open(n: number): Promise<App> {
 
 async function track(app: App): Promise<void> {
   const id = idOf(app.n);
-  const channel = app.client.channel(TOPIC, {
+  const topic = topicOf(app.n);
+  const channel = app.client.channel(topic, {
     config: { private: true, presence: { key: id } },
   });
   const [status, error] = await new Promise<[string, Error | undefined]>((resolve) =>
     channel.subscribe((s, e) => resolve([s, e]))
   );
   if (status !== "SUBSCRIBED") throw new Error(`user ${app.n}: ${status} ${error?.message}`);
-  const tracked = await channel.track({ user_id: id, proof: ticketFor(id) });
+  const tracked = await channel.track({ user_id: id, proof: ticketFor(id, { topic }) });
   if (tracked !== "ok") throw new Error(`user ${app.n}: track ${tracked}`);
   app.channel = channel;
 }
@@ -134,7 +141,7 @@ async function syncCost(): Promise<{ bytes: number; ms: number; members: number 
     };
   });
   ws.send(JSON.stringify({
-    topic: `realtime:${TOPIC}`,
+    topic: `realtime:${presenceTopics(TOPICS)[0]}`,
     event: "phx_join",
     ref: "1",
     join_ref: "1",
@@ -149,7 +156,7 @@ async function syncCost(): Promise<{ bytes: number; ms: number; members: number 
 }
 const sync = await syncCost();
 const freshStarted = performance.now();
-const fresh = await startBridge(base, { BRIDGE_STATS_INTERVAL_MS: "0" });
+const fresh = await startBridge(base, { ...shards, BRIDGE_STATS_INTERVAL_MS: "0" });
 let freshHeld = 0;
 for (let t = 0; t < 240; t++) {
   freshHeld = ((await (await fetch(fresh.health)).json()) as { online: number }).online;
@@ -167,6 +174,9 @@ const movesPerSecond = CLIENTS / 300;
 const churnBefore = await scrape();
 const churnCpu0 = await cpuSeconds(serverPid);
 let churned = 0;
+const churnedPerTopic = new Map<string, number>();
+const count = (a: App, n: number) =>
+  churnedPerTopic.set(topicOf(a.n), (churnedPerTopic.get(topicOf(a.n)) ?? 0) + n);
 const churnStarted = performance.now();
 for (let s = 0; s < CHURN_SECONDS; s++) {
   const tick = performance.now();
@@ -184,10 +194,16 @@ for (let s = 0; s < CHURN_SECONDS; s++) {
   );
   await Promise.all(
     moving.map((a) =>
-      a.channel?.track({ user_id: idOf(a.n), proof: ticketFor(idOf(a.n)), moved: s })
+      a.channel?.track({
+        user_id: idOf(a.n),
+        proof: ticketFor(idOf(a.n), { topic: topicOf(a.n) }),
+        moved: s,
+      })
     ),
   );
   churned += leaving.length * 2 + moving.length;
+  for (const a of leaving) count(a, 2);
+  for (const a of moving) count(a, 1);
   await sleep(Math.max(0, 1000 - (performance.now() - tick)));
 }
 const churnSeconds = (performance.now() - churnStarted) / 1000;
@@ -213,7 +229,17 @@ const report = {
   when: new Date().toISOString(),
   machine:
     `${navigator.hardwareConcurrency} cores; the endpoint, Postgres, Redis, the bridges and ${CLIENTS} supabase-js clients on one machine`,
-  topology: `one private topic, ${TOPIC}; one bridge`,
+  topology: TOPICS === 1
+    ? "one private topic, online-users; one bridge"
+    : `${TOPICS} private topics online-users:<k> (by user id); one bridge holding all`,
+  per_topic: Object.fromEntries(
+    presenceTopics(TOPICS).map((topic) => [topic, {
+      members: apps.filter((a) => topicOf(a.n) === topic).length,
+      presence_messages_per_second_sent: round(
+        (churnedPerTopic.get(topic) ?? 0) / churnSeconds,
+      ),
+    }]),
+  ),
   clients: CLIENTS,
   ramp: {
     seconds: round(rampSeconds),
@@ -223,6 +249,7 @@ const report = {
   held: { endpoint_presences: presences, bridge_online: stillHeld },
   bridge_sync: {
     presence_state_bytes: sync.bytes,
+    presence_state_topic: presenceTopics(TOPICS)[0],
     presence_state_members: sync.members,
     presence_state_ms: round(sync.ms),
     fresh_bridge_holds_everyone_ms: round(freshMs),
@@ -254,7 +281,8 @@ console.log(JSON.stringify(report, null, 2));
 const ok = presences >= CLIENTS * 0.95 && stillHeld >= CLIENTS * 0.95;
 if (ok) {
   await Deno.mkdir(OUT, { recursive: true });
-  const file = `${OUT}/presence-${report.when.slice(0, 10)}-${CLIENTS}.json`;
+  const shape = TOPICS === 1 ? "" : `-${TOPICS}topics`;
+  const file = `${OUT}/presence-${report.when.slice(0, 10)}-${CLIENTS}${shape}.json`;
   await Deno.writeTextFile(file, JSON.stringify(report, null, 2) + "\n");
   log(`written to ${file}`);
 } else {

@@ -265,7 +265,9 @@ test("a_token_that_expired_while_the_socket_was_down_is_never_the_one_a_rejoin_c
   const sltr = createSltrClient(url, ANON_KEY, {
     accessToken,
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
-    reconnect: { spreadMs: 2000 },
+    // Reconnect waits shorter than the token's renewal margin, as a session's are (1 h
+    // tokens, waits of at most 60 s).
+    reconnect: { spreadMs: 2000, capMs: 3000 },
     realtimeService: {
       ticket: () => Promise.resolve({ ticket: ticketFor(user), expires_in: 900, expires_at: "" }),
       favorites: () => Promise.resolve([]),

@@ -353,7 +353,7 @@ export class RealtimeService {
    */
   async trackPresence(userId: string, location?: Location | null): Promise<PresenceTracking> {
     const listener: Listener = { event: "" };
-    const first = await this.ticket();
+    const first = await this.firstTicket();
     let topic = first.topic ?? PRESENCE_TOPIC;
     const p: Presence = {
       userId,
@@ -424,6 +424,23 @@ export class RealtimeService {
     if (entry.listeners.size > 1 && entry.status === "SUBSCRIBED") {
       entry.calls.record(performance.now());
       await entry.channel?.untrack().catch(() => "error");
+    }
+  }
+
+  /** The first ticket (it names the topic to join), retried as pump() retries a renewal
+   * (jittered, from 1 s) until trackTimeoutMs is spent. */
+  private async firstTicket(): Promise<PresenceTicket> {
+    const deadline = performance.now() + this.trackTimeoutMs;
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await this.ticket();
+      } catch (e) {
+        const backoff = { baseMs: 1000, capMs: 30_000 };
+        const waitMs = Math.max(250, jitteredBackoffMs(attempt, backoff, this.random));
+        if (performance.now() + waitMs > deadline) throw e;
+        this.log("presence ticket failed", e);
+        await new Promise((resolve) => setTimeout(resolve, waitMs));
+      }
     }
   }
 

@@ -25,6 +25,7 @@ export const TICKET_TTL_SECONDS = 15 * 60;
 export const PRESENCE_TOPIC = "online-users";
 /** Most presence topics a project may shard over (a bridge holds up to 100 channels). */
 export const MAX_PRESENCE_TOPICS = 1000;
+/** A presence topic's name: online-users, online-users:<0..999> (as the Realtime policies). */
 const TOPIC = /^online-users(?::(0|[1-9][0-9]{0,2}))?$/;
 
 /**
@@ -44,9 +45,6 @@ export function presenceTopics(topics: number): string[] {
   if (topics <= 1) return [PRESENCE_TOPIC];
   return Array.from({ length: topics }, (_, k) => `${PRESENCE_TOPIC}:${k}`);
 }
-
-/** Whether `topic` is a presence topic's name (online-users, online-users:<0..999>). */
-export const isPresenceTopic = (topic: string) => TOPIC.test(topic);
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 

@@ -242,6 +242,30 @@ test("after_the_endpoint_restarts_channels_rejoin_and_presence_is_tracked_again"
   }
 });
 
+test("a_first_ticket_that_fails_is_asked_again_before_tracking_gives_up", async () => {
+  // The ticket names the topic, so trackPresence asks for it before joining: a function that
+  // answers 503 twice must not fail the track (renewals were always retried; the first too).
+  const user = crypto.randomUUID();
+  let asked = 0;
+  const supabase = client(undefined, { token: () => userJwt(user) });
+  const realtime = new RealtimeService(supabase, {
+    ticket: () => {
+      if (++asked <= 2) return Promise.reject(new Error("503 from presence-ticket"));
+      return Promise.resolve({ ticket: ticketFor(user), expires_in: 900, expires_at: "" });
+    },
+  });
+  const watcher = await watchPresence();
+  try {
+    const me = await realtime.trackPresence(user);
+    assert.equal(asked, 3);
+    assert.equal(me.topic, "online-users");
+    await eventually(() => watcher.metas(user).length === 1, "tracked after two failures");
+  } finally {
+    await watcher.close();
+    await realtime.close();
+  }
+});
+
 test("a_token_that_expired_while_the_socket_was_down_is_never_the_one_a_rejoin_carries", async () => {
   // Tokens of 16 s, renewed by the token source when under 12 s are left (as a session
   // refreshes its access token), and the endpoint down for 10 s: the token realtime-js held when

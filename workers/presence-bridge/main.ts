@@ -108,14 +108,9 @@ export async function main(): Promise<void> {
       },
     },
   });
+  const graceMs = count("BRIDGE_REJOIN_GRACE_MS", 60_000);
   const sources = topics.map((topic) =>
-    new RealtimePresenceSource(
-      supabase,
-      topic,
-      bridge.tracker,
-      log,
-      count("BRIDGE_REJOIN_GRACE_MS", 60_000),
-    )
+    new RealtimePresenceSource(supabase, topic, bridge.tracker, log, graceMs)
   );
   const joined = () => sources.every((s) => s.channel?.state === "joined");
   const rejoins = () => sources.reduce((n, s) => n + s.rejoins, 0);

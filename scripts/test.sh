@@ -7,10 +7,29 @@ export SLTR_STACK_PROFILE="${SLTR_STACK_PROFILE:-suites}"
 
 failed=()
 passed=()
+SUITE_LOGS="$STATE/log/suites"
+# Each suite's output also goes to $SUITE_LOGS/<name>.log; the summary repeats a failed suite's
+# errors at the end, where a CI log's tail shows them.
 suite() {
   local name=$1; shift
   log "suite: $name"
-  if "$@"; then passed+=("$name"); else failed+=("$name"); log "suite $name FAILED"; fi
+  mkdir -p "$SUITE_LOGS"
+  if "$@" 2>&1 | tee "$SUITE_LOGS/$name.log"; then
+    passed+=("$name")
+  else
+    failed+=("$name"); log "suite $name FAILED"
+  fi
+}
+
+# What a failed suite said went wrong: Deno's ERRORS section, else the suite's last lines.
+suite_errors() {
+  local plain
+  plain=$(sed 's/\x1b\[[0-9;]*m//g' "$SUITE_LOGS/$1.log")
+  if grep -q '^ ERRORS ' <<<"$plain"; then
+    awk '/^ ERRORS /{p=1} /^ FAILURES /{p=0} p' <<<"$plain" | head -120
+  else
+    tail -40 <<<"$plain"
+  fi
 }
 
 lint() {
@@ -91,7 +110,10 @@ case "${1:-all}" in
     suite fuzz fuzz_tests
     log "finished in $(( $(date +%s) - started )) s"
     echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
-    [ ${#failed[@]} -eq 0 ] || { log "failed suites: ${failed[*]}"; exit 1; }
+    [ ${#failed[@]} -eq 0 ] && exit 0
+    for name in "${failed[@]}"; do log "suite $name, what failed:"; suite_errors "$name"; done
+    log "failed suites: ${failed[*]} (whole output in ${SUITE_LOGS#"$ROOT"/})"
+    exit 1
     ;;
   *) die "usage: $0 all|lint|db|advisors|deploy|migrations|deno|faults|fuzz" ;;
 esac

@@ -30,7 +30,7 @@ import {
   type SnapshotRow,
 } from "./live_index.ts";
 import { recordIndexSync } from "./metrics.ts";
-import { connected, writer } from "./redis.ts";
+import { connected, tryRedis, tryWrite, writer } from "./redis.ts";
 import { outsideRequest } from "./request.ts";
 
 /** Rows a query streams at a time: a page never sits in memory at once, and Redis takes them
@@ -64,8 +64,11 @@ export function keepIndexTrue(state: Readiness): void {
   const w = writer();
   if (!w || (state !== "rebuild" && state !== "reconcile")) return;
   background(async () => {
-    // A fresh process's writer connection may still be opening.
-    if (!(await connected(w, 2000))) throw new Error("the Redis writer connection is not ready");
+    // A fresh process's writer connection may still be opening; after an outage the reads'
+    // connection can be back before it (each retries on its own backoff, at most 1 s).
+    if (!(await connected(w, 3000, { reconnecting: true }))) {
+      throw new Error("the Redis writer connection is not ready");
+    }
     await (state === "rebuild" ? rebuild(w) : reconcile(w));
   });
 }
@@ -73,7 +76,10 @@ export function keepIndexTrue(state: Readiness): void {
 function background(work: () => Promise<void>): void {
   outsideRequest(() => {
     const done = work().catch(async (e) => {
-      await writer()?.del(REBUILDING).catch(() => 0); // let the next request try again
+      // Let the next request try again, through whichever connection is up: a lock left
+      // behind keeps the index cold for its 120 s.
+      const released = await tryWrite((r) => r.del(REBUILDING));
+      if (!released) await tryRedis((r) => r.del(REBUILDING));
       console.error(
         JSON.stringify({ level: "error", msg: "live index sync failed", error: String(e) }),
       );

@@ -29,18 +29,26 @@ export type Cached<T> = { ok: true; value: T } | { ok: false };
 
 /**
  * Whether `r` can take a command now. A connection still opening (a cold process, a fresh
- * isolate) is waited for up to `timeoutMs`; one that is down and reconnecting is not.
+ * isolate) is waited for up to `timeoutMs`; one that is down and reconnecting is not, unless
+ * `reconnecting` (background work that may wait out the reconnect's backoff, at most 1 s).
  */
-export async function connected(r: Redis, timeoutMs = 500): Promise<boolean> {
-  if (["wait", "connecting", "connect"].includes(r.status)) {
+export async function connected(
+  r: Redis,
+  timeoutMs = 500,
+  { reconnecting = false } = {},
+): Promise<boolean> {
+  const opening = ["wait", "connecting", "connect"];
+  if (opening.includes(r.status) || (reconnecting && r.status === "reconnecting")) {
+    // A failed attempt closes the connection; waiting out reconnects, only the end stops it.
+    const stop = reconnecting ? "end" : "close";
     await new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
-        r.off("ready", done).off("close", done);
+        r.off("ready", done).off(stop, done);
         resolve();
       };
       const timer = setTimeout(done, timeoutMs);
-      r.once("ready", done).once("close", done);
+      r.once("ready", done).once(stop, done);
     });
   }
   return r.status === "ready";

@@ -39,6 +39,8 @@ const GRACE_SECONDS = numberFlag("grace-seconds", 60);
 const RENEW_SECONDS = numberFlag("token-renew-seconds", SPREAD_SECONDS + 30);
 const TOKEN_SECONDS = numberFlag("token-seconds", RENEW_SECONDS + 30);
 const DOWN_SECONDS = numberFlag("down-seconds", 5);
+// Realtime's "Database connection pool size" (the stack's, supabase/local.env, unless given).
+const DB_POOL = numberFlag("db-pool", Number(Deno.env.get("REALTIME_DB_POOL") || 1));
 const OUT = flag("out", "bench/results");
 const log = (msg: string) => console.error(`[storm bench] ${msg}`);
 const round = (x: number, digits = 1) => Math.round(x * 10 ** digits) / 10 ** digits;
@@ -56,6 +58,7 @@ const serverEnv = {
   REALTIME_MAX_CONCURRENT_USERS: String(Math.max(plan.maxConcurrentUsers, CLIENTS + 100)),
   REALTIME_REPLICATION_DB_URL: DB_URL,
   SLTR_PRESENCE_TOPICS: String(TOPICS),
+  REALTIME_DB_POOL: String(DB_POOL),
 };
 let server = await startFunctionsServer(serverEnv);
 const port = Number(new URL(server.url).port);
@@ -194,6 +197,7 @@ interface Second {
   joins_per_second_judged: number;
   joins: number;
   joins_refused: number;
+  authorization_pool_timeouts: number;
   sockets: number;
   connections_refused: number;
   presence_limited: number;
@@ -245,6 +249,7 @@ for (let t = 1; t <= TIMEOUT_SECONDS; t++) {
     joins_per_second_judged: round(metrics.sltr_realtime_joins_per_second ?? 0),
     joins: metrics.sltr_realtime_joins_total ?? 0,
     joins_refused: metrics.sltr_realtime_joins_refused_total ?? 0,
+    authorization_pool_timeouts: metrics.sltr_realtime_authorization_pool_timeouts_total ?? 0,
     sockets: metrics.sltr_realtime_sockets ?? 0,
     connections_refused: metrics.sltr_realtime_connections_refused_total ?? 0,
     presence_limited: metrics.sltr_realtime_presence_limited_total ?? 0,
@@ -252,7 +257,14 @@ for (let t = 1; t <= TIMEOUT_SECONDS; t++) {
     presence_status: statuses((a) => a.topic),
     inbox_status: statuses((a) => a.inbox),
   });
-  progress("storm", appsBack, CLIENTS, `t=${t}s presences ${curve.at(-1)!.presences}`);
+  progress(
+    "storm",
+    appsBack,
+    CLIENTS,
+    `t=${t}s presences ${curve.at(-1)!.presences} joins ${curve.at(-1)!.joins} pool timeouts ${
+      curve.at(-1)!.authorization_pool_timeouts
+    }`,
+  );
   if (appsBack === CLIENTS && curve.at(-1)!.presences >= CLIENTS && allBackAt === undefined) {
     allBackAt = t;
   }
@@ -282,6 +294,7 @@ const report = {
     name: PLAN,
     joins_per_second: plan.maxJoinsPerSecond,
     connections_cap_raised_to: Number(serverEnv.REALTIME_MAX_CONCURRENT_USERS),
+    database_connection_pool_size: DB_POOL,
   },
   clients: CLIENTS,
   token_lifetime_seconds: TOKEN_SECONDS,
@@ -301,6 +314,8 @@ const report = {
     during_storm: last.joins, // the new endpoint's counters start at 0
     refused: last.joins_refused,
     refused_expired_token: expiredRefusals,
+    // Authorization checks that found no connection of the pool in time (IncreaseConnectionPool).
+    authorization_pool_timeouts: after.sltr_realtime_authorization_pool_timeouts_total ?? 0,
     peak_per_second_judged: peakJudged,
     plan_limit: plan.maxJoinsPerSecond,
     peak_share_of_limit: round(peakJudged / plan.maxJoinsPerSecond, 3),

@@ -3,7 +3,7 @@
 // The join order, the refusal texts, the authorization gates, the presence client limit, token
 // refresh and expiry are theirs; docs/realtime.md lists each point with its source.
 import type { AuthorizationContext, Policies } from "./authorization.ts";
-import { emptyPolicies, RlsPolicyError } from "./authorization.ts";
+import { emptyPolicies, PoolTimeoutError, RlsPolicyError } from "./authorization.ts";
 import type { Claims } from "./jwt.ts";
 import { tokenJoinReason, tokenMessage } from "./jwt.ts";
 import type { Grouped } from "./presence.ts";
@@ -162,6 +162,10 @@ export class Channel {
       if (e instanceof RlsPolicyError) {
         this.server.log("warn", "RlsPolicyError", { topic: this.subTopic, error: e.message });
         return `Unauthorized: ${message}`;
+      }
+      if (e instanceof PoolTimeoutError) {
+        this.server.log("error", "IncreaseConnectionPool", { error: e.message });
+        return "IncreaseConnectionPool: Please increase your connection pool size";
       }
       this.server.log("error", "UnableToConnectToProject", { error: String(e) });
       return "UnableToConnectToProject: Realtime was unable to connect to the project database";

@@ -70,6 +70,13 @@ export interface RealtimeConfig {
   jwtSecret: string;
   /** Authorization checks, through the pooler (transaction mode). */
   dbUrl: string;
+  /** The tenant's "Database connection pool size" (db_pool): the connections that check
+   * Realtime Authorization. Hosted's default is 1 (database.ex pool_size_by_application_name,
+   * "realtime_connect"); the dashboard's Realtime Settings raise it. */
+  dbPool: number;
+  /** DBConnection's queue_target for that pool (db_queue_target, default 5000 ms): a check
+   * that waited twice this long for a connection is dropped (IncreaseConnectionPool). */
+  dbQueueTargetMs: number;
   /** Logical replication of realtime.messages: a direct connection, never the pooler. */
   replicationUrl: string | undefined;
   /** A refused join is answered this late (CHANNEL_ERROR_BACKOFF_MS, default 5000). */
@@ -141,6 +148,8 @@ export function realtimeConfig(
     limits,
     jwtSecret,
     dbUrl,
+    dbPool: Math.max(1, integer(env, "REALTIME_DB_POOL", 1)),
+    dbQueueTargetMs: integer(env, "REALTIME_DB_QUEUE_TARGET_MS", 5000),
     replicationUrl: env("REALTIME_REPLICATION_DB_URL") || undefined,
     joinErrorBackoffMs: integer(env, "REALTIME_JOIN_ERROR_BACKOFF_MS", 5000),
     connectErrorBackoffMs: integer(env, "REALTIME_CONNECT_ERROR_BACKOFF_MS", 2000),

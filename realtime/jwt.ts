@@ -27,10 +27,22 @@ function decodePart(part: string): unknown {
 }
 
 export class TokenVerifier {
-  private readonly secret: Uint8Array;
+  private readonly secret: Uint8Array<ArrayBuffer>;
+  /** The secret imported once per algorithm (jose imports raw bytes again on every call). */
+  private readonly keys = new Map<string, Promise<CryptoKey>>();
 
   constructor(jwtSecret: string, private readonly nowSeconds = () => Date.now() / 1000) {
     this.secret = new TextEncoder().encode(jwtSecret);
+  }
+
+  private key(alg: string): Promise<CryptoKey> {
+    let key = this.keys.get(alg);
+    if (!key) {
+      const hash = `SHA-${alg.slice(2)}`;
+      key = crypto.subtle.importKey("raw", this.secret, { name: "HMAC", hash }, false, ["verify"]);
+      this.keys.set(alg, key);
+    }
+    return key;
   }
 
   async verify(raw: unknown): Promise<TokenResult> {
@@ -57,7 +69,7 @@ export class TokenVerifier {
     const alg = (header as { alg?: unknown } | null)?.alg;
     if (typeof alg !== "string" || !HS.has(alg)) return { ok: false, error: { kind: "signer" } };
     try {
-      await compactVerify(token, this.secret, { algorithms: [alg] });
+      await compactVerify(token, await this.key(alg), { algorithms: [alg] });
     } catch {
       return { ok: false, error: { kind: "signature" } };
     }

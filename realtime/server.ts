@@ -58,6 +58,7 @@ export class RealtimeServer {
   private readonly sql: postgres.Sql;
   private readonly databaseBroadcasts?: DatabaseBroadcasts;
   private ticker?: ReturnType<typeof setInterval>;
+  private authTicker?: ReturnType<typeof setInterval>;
   private sweeper?: ReturnType<typeof setInterval>;
 
   constructor(readonly config: RealtimeConfig, readonly log: Log = jsonLog) {
@@ -68,14 +69,14 @@ export class RealtimeServer {
     this.presenceEvents = new RateCounter(l.maxPresenceEventsPerSecond);
     this.sql = postgres(config.dbUrl, {
       prepare: false, // the pooler, in transaction mode
-      max: 4,
+      max: config.dbPool,
       idle_timeout: 30,
       connect_timeout: 3,
       fetch_types: false,
       onnotice: () => {},
       connection: { application_name: "sltr-realtime" },
     });
-    this.authorizer = new Authorizer(this.sql);
+    this.authorizer = new Authorizer(this.sql, config.dbPool, config.dbQueueTargetMs);
     if (config.replicationUrl) {
       this.databaseBroadcasts = new DatabaseBroadcasts(
         config.replicationUrl,
@@ -92,6 +93,7 @@ export class RealtimeServer {
       this.events.tick();
       this.presenceEvents.tick();
     }, 5000);
+    this.authTicker ??= setInterval(() => this.authorizer.errors.tick(), 1000);
     const every = Math.max(50, Math.min(1000, this.config.idleTimeoutMs / 10));
     this.sweeper ??= setInterval(() => this.closeIdleSockets(), every);
     this.databaseBroadcasts?.start();
@@ -305,12 +307,15 @@ export class RealtimeServer {
       eventsPerSecond: this.events.avg,
       presenceEventsPerSecond: this.presenceEvents.avg,
       replicationConnected: this.databaseBroadcasts?.connected ?? false,
+      authorizationRefusing: this.authorizer.errors.triggered,
+      authorizationPoolTimeouts: this.authorizer.counts.poolTimeouts,
       ...this.counts,
     };
   }
 
   async close(): Promise<void> {
     clearInterval(this.ticker);
+    clearInterval(this.authTicker);
     clearInterval(this.sweeper);
     for (const s of [...this.sockets]) s.close(1001, "server shutting down");
     await this.databaseBroadcasts?.stop();

@@ -4,6 +4,9 @@ import { realtime, realtimeUpstream, route } from "./gateway.ts";
 
 const port = Number(Deno.env.get("FUNCTIONS_PORT") ?? "54321");
 
+// Stopped, it exits (a CPU profile, --cpu-prof, is written on exit only).
+Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
+
 Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, route);
 console.log(
   JSON.stringify({

@@ -255,6 +255,12 @@ export function registerRealtimeMetrics(stats: () => Record<string, number | boo
       "Presence messages/s as the limit judges them.",
     ],
     ["replicationConnected", "sltr_realtime_replication_up", "1 while database broadcasts stream."],
+    [
+      "authorizationRefusing",
+      "sltr_realtime_authorization_refusing",
+      "1 while every private join is refused: more authorization pool timeouts in 30 s than " +
+      "the Database connection pool size (IncreaseConnectionPool).",
+    ],
   ];
   const counters: [string, string, string][] = [
     ["joins", "sltr_realtime_joins_total", "Channel joins accepted."],
@@ -263,6 +269,11 @@ export function registerRealtimeMetrics(stats: () => Record<string, number | boo
       "joinsRefusedExpiredToken",
       "sltr_realtime_joins_refused_expired_token_total",
       "Channel joins refused because their token had expired.",
+    ],
+    [
+      "authorizationPoolTimeouts",
+      "sltr_realtime_authorization_pool_timeouts_total",
+      "Authorization checks dropped: no connection of the pool within twice db_queue_target.",
     ],
     ["connectionsRefused", "sltr_realtime_connections_refused_total", "Upgrades refused."],
     ["framesOut", "sltr_realtime_frames_sent_total", "Frames sent to clients."],

@@ -24,6 +24,10 @@ export async function startFunctionsServer(
       "--allow-env",
       "--allow-read",
       "--allow-sys",
+      // A benchmark's CPU profile of the server (written when it stops: SIGTERM).
+      ...(Deno.env.get("SLTR_SERVER_CPU_PROF_DIR")
+        ? [`--cpu-prof-dir=${Deno.env.get("SLTR_SERVER_CPU_PROF_DIR")}`]
+        : []),
       `${ROOT}/functions/_serve/main.ts`,
     ],
     cwd: ROOT,

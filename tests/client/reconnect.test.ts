@@ -65,3 +65,18 @@ Deno.test("a_client_whose_own_network_failed_retries_within_a_second_then_backs_
   // Later attempts after a server-side drop: never less spread than the first, up to the cap.
   assert.deepEqual([2, 7].map((n) => policy.delayMs(n)), [45_000, 60_000]);
 });
+
+Deno.test("a_summed_rate_counter_triggers_at_its_limit_and_releases_when_the_window_falls_under", () => {
+  // tenants.ex authorization_errors_per_second_rate/1: 1 s ticks, 30 buckets, summed.
+  const errors = new RateCounter(2, 1000, 30, "sum");
+  errors.add();
+  errors.tick();
+  assert.equal(errors.triggered, false, "one error in 30 s is under a limit of 2");
+  errors.add();
+  errors.tick();
+  assert.equal(errors.triggered, true, "two in 30 s reach it");
+  for (let i = 0; i < 28; i++) errors.tick();
+  assert.equal(errors.triggered, true, "both still in the window after 29 ticks");
+  errors.tick();
+  assert.equal(errors.triggered, false, "the first error left the window: under the limit");
+});

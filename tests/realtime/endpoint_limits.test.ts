@@ -213,3 +213,72 @@ test("database_broadcasts_over_the_rate_are_dropped_at_the_source_as_hosted", as
     await server.stop();
   }
 });
+
+test("private_joins_share_the_database_connection_pool_and_a_long_wait_is_refused_as_hosted", async () => {
+  // Realtime Authorization runs on the tenant's "Database connection pool size" (db_pool,
+  // default 1). A check waits for a connection; one that waited twice db_queue_target is dropped
+  // (DBConnection) and the join refused; and once the drops in 30 s reach db_pool, every private
+  // join is refused at once until they fall back under it (tenants.ex
+  // authorization_errors_per_second_rate/1).
+  const users = ["a1", "a2", "a3"].map(() => crypto.randomUUID());
+  const storm = async (env: Record<string, string>) => {
+    const server = await privateServer({ REALTIME_DB_POOL: "1", ...env });
+    const clients = await Promise.all(
+      users.map(async (id) => client(ANON_KEY, { url: server.base, token: await userJwt(id) })),
+    );
+    try {
+      for (const c of clients) await c.realtime.setAuth();
+      // 300 private joins at once, 100 a socket (the channel cap): one check each.
+      const results = await Promise.all(
+        clients.flatMap((c) =>
+          Array.from(
+            { length: 100 },
+            (_, k) => subscribed(c.channel(`online-users:${k}`, { config: { private: true } })),
+          )
+        ),
+      );
+      const metrics = await (await fetch(`${server.base}/functions/v1/metrics`, {
+        headers: { authorization: `Bearer ${SERVICE_ROLE_KEY}` },
+      })).text();
+      const after = async () => {
+        await sleep(1100); // the errors counter's next tick
+        return await subscribed(clients[0].channel("inbox-late", { config: { private: true } }));
+      };
+      return { results, metrics, late: await after() };
+    } finally {
+      for (const c of clients) await closeClient(c);
+      await server.stop();
+    }
+  };
+  const reason = "IncreaseConnectionPool: Please increase your connection pool size";
+
+  // The default queue target (5 s): all 300 wait their turn on the one connection and join.
+  const patient = await storm({});
+  assert.deepEqual(
+    [...new Set(patient.results.map((r) => r.status))],
+    ["SUBSCRIBED"],
+    "every join waited for the connection",
+  );
+  assert.match(patient.metrics, /^sltr_realtime_authorization_pool_timeouts_total 0$/m);
+
+  // A 5 ms target: the checks queued behind more than 10 ms of others are dropped.
+  const hurried = await storm({ REALTIME_DB_QUEUE_TARGET_MS: "5" });
+  const refused = hurried.results.filter((r) => r.error?.message === reason);
+  const joined = hurried.results.filter((r) => r.status === "SUBSCRIBED");
+  assert.ok(refused.length > 0, "joins that waited too long are refused");
+  assert.ok(joined.length > 0, "the ones the connection served in time joined");
+  assert.equal(refused.length + joined.length, 300, "nothing else happened");
+  console.log(`a 10 ms wait: ${joined.length} joined, ${refused.length} refused`);
+  const timeouts = Number(
+    /^sltr_realtime_authorization_pool_timeouts_total (\d+)$/m.exec(hurried.metrics)?.[1],
+  );
+  // Refusals are the drops, and after the next tick every check while the drops are over
+  // db_pool (a refused channel also rejoins by itself a second later).
+  assert.ok(timeouts > 0 && timeouts <= refused.length + 100, `drops counted: ${timeouts}`);
+  // The drops reached db_pool: the next private join is refused without waiting at all.
+  assert.equal(
+    hurried.late.error?.message,
+    reason,
+    `refused while the errors are over db_pool: ${JSON.stringify(hurried.late)}`,
+  );
+});

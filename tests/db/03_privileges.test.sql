@@ -6,15 +6,17 @@ select plan(16);
 
 select results_eq(
   $$select p.oid::regprocedure::text from pg_proc as p where p.pronamespace = 'public'::regnamespace order by 1$$,
-  array['get_online_users()', 'get_online_users_batch(uuid[])',
+  array['block_user(uuid)', 'get_online_users()', 'get_online_users_batch(uuid[])', 'list_blocks()',
         'nearby_online_users(double precision,double precision,integer,integer)',
-        'snap_location(double precision,double precision)', 'watch_presence(uuid[])'],
+        'set_privacy(boolean,boolean)', 'snap_location(double precision,double precision)',
+        'unblock_user(uuid)', 'watch_presence(uuid[])'],
   'public holds exactly the client API (the service-only functions are in private)');
 select is_empty(
   $$select p.oid::regprocedure from pg_proc as p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) as a
     where p.pronamespace = 'private'::regnamespace and a.grantee in (0, 'anon'::regrole, 'authenticated'::regrole)
-      and p.oid <> 'private.check_request_quota()'::regprocedure$$,
-  'nothing in private is executable by PUBLIC, anon or authenticated (but PostgREST''s quota hook, as the caller)');
+      and p.oid <> 'private.check_request_quota()'::regprocedure
+      and not (p.oid = 'private.blocked_with_me(uuid)'::regprocedure and a.grantee = 'authenticated'::regrole)$$,
+  'nothing in private is executable by PUBLIC, anon or authenticated (but PostgREST''s quota hook, as the caller, and the profiles read policy''s block check)');
 
 -- PostgREST runs its pre-request hook as the request's role: anon too, or no anon request works.
 set local role anon;
@@ -32,9 +34,10 @@ select results_eq(
     order by 1$$,
   array['get_online_users_batch(uuid[])', 'monitoring.metrics_snapshot()',
         'private.find_nearby_online_users(double precision,double precision,integer,integer,uuid)',
-        'private.ingest_presence(jsonb)', 'private.live_index_snapshot(boolean,uuid[])',
-        'private.live_index_snapshot_page(uuid,integer)'],
-  'sltr_functions executes the six RPCs the functions call, and no other function of ours');
+        'private.ingest_presence(jsonb)', 'private.live_index_privacy(bigint)',
+        'private.live_index_snapshot(boolean,uuid[])', 'private.live_index_snapshot_page(uuid,integer)',
+        'private.online_users_for(uuid,uuid[])', 'private.privacy_changes_bounds()'],
+  'sltr_functions executes the nine RPCs the functions call, and no other function of ours');
 select is_empty(
   $$select c.oid::regclass from pg_class as c
     where c.relnamespace in ('public'::regnamespace, 'private'::regnamespace, 'monitoring'::regnamespace)

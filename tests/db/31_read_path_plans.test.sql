@@ -45,7 +45,8 @@ declare
   line text;
   plan text := '';
 begin
-  select substring(p.prosrc from 'return query(.*);\s*end\s*$') into strict body
+  -- A plpgsql function's return query; a SQL function's whole body.
+  select coalesce(substring(p.prosrc from 'return query(.*);\s*end\s*$'), p.prosrc) into strict body
   from pg_proc as p where p.oid = fn;
   for i in 1 .. cardinality(variables) loop
     body := regexp_replace(body, '\m' || variables[i] || '\M', '$' || i, 'g');
@@ -71,17 +72,20 @@ insert into plans values (
   'nearby',
   pg_temp.rpc_plan(
     'private.find_nearby_online_users(double precision, double precision, integer, integer, uuid)',
-    array['probe', 'lat', 'lng', 'radius_m', 'max_results', 'excluded_user_id', 'pad_lat', 'pad_lng'],
-    array['extensions.geography', 'float8', 'float8', 'integer', 'integer', 'uuid', 'float8', 'float8'],
+    array['probe', 'lat', 'lng', 'radius_m', 'max_results', 'excluded_user_id', 'pad_lat', 'pad_lng',
+      'blocked'],
+    array['extensions.geography', 'float8', 'float8', 'integer', 'integer', 'uuid', 'float8', 'float8',
+      'uuid[]'],
     array['extensions.st_point(-40, -10, 4326)::extensions.geography', '-10', '-40', '5000', '50',
-      quote_literal(gen_random_uuid()), '0.05', '0.051']));
+      quote_literal(gen_random_uuid()), '0.05', '0.051',
+      quote_literal(array[gen_random_uuid(), gen_random_uuid()]::text)]));
 insert into plans values (
   'batch',
   pg_temp.rpc_plan(
-    'public.get_online_users_batch(uuid[])',
-    array['user_ids', 'precise'], array['uuid[]', 'boolean'],
-    array[quote_literal((select array_agg(id)::text from (select id from loaded order by r1 limit 100) as s)),
-      'false']));
+    'private.online_users_for(uuid, uuid[])',
+    array['viewer', 'user_ids'], array['uuid', 'uuid[]'],
+    array[quote_literal(gen_random_uuid()),
+      quote_literal((select array_agg(id)::text from (select id from loaded order by r1 limit 100) as s))]));
 
 select ok((select plan from plans where name = 'nearby') ~ 'Index Scan using idx_profiles_location_is_online on profiles',
   'nearby: online profiles are searched nearest first through the partial GiST index');

@@ -1,5 +1,6 @@
 -- Demo data for `make dev`: 300 users around Berlin, about a fifth online, with
--- favorites and subscriptions. Deterministic and idempotent (re-running changes nothing).
+-- favorites and subscriptions, a few blocks, an incognito user (seed user 13) and one who hides
+-- their distance (seed user 21). Deterministic and idempotent (re-running changes nothing).
 -- Demo users: seed-user-<n>@sltr.local, ids derived from n.
 
 begin;
@@ -47,5 +48,27 @@ select id, case when n % 10 = 0 then 'pro' else 'plus' end, 'active',
 from seed_users
 where n % 5 = 0
 on conflict (user_id) do nothing;
+
+-- The safety controls (docs/privacy.md): seed user 10 blocked 11 and 12, 30 blocked 31.
+with made as (
+  insert into public.blocks (blocker_id, blocked_id)
+  select a.id, b.id
+  from seed_users as a
+  join seed_users as b on (a.n, b.n) in ((10, 11), (10, 12), (30, 31))
+  on conflict do nothing
+  returning blocker_id, blocked_id
+)
+insert into private.privacy_changes (user_id)
+select blocker_id from made union all select blocked_id from made;
+
+with changed as (
+  update public.profiles as p
+  set incognito = (s.n = 13), show_distance = (s.n <> 21)
+  from seed_users as s
+  where p.id = s.id and s.n in (13, 21)
+    and (p.incognito is distinct from (s.n = 13) or p.show_distance is distinct from (s.n <> 21))
+  returning p.id
+)
+insert into private.privacy_changes (user_id) select id from changed;
 
 commit;

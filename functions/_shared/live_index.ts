@@ -39,6 +39,14 @@ export const REBUILD_ONLINE = `${PREFIX}:rebuild:online`;
 export const RECONCILED = `${PREFIX}:reconciled`;
 /** How often the index is reconciled with Postgres. */
 export const RECONCILE_SECONDS = 60;
+/** The safety controls' copy (live_index_privacy.ts says how it is kept). */
+export const INCOGNITO = `${PREFIX}:incognito`;
+export const HIDDEN = `${PREFIX}:hidden`;
+export const BLOCKING = `${PREFIX}:blocking`;
+export const PRIVACY_SEQ = `${PREFIX}:privacy:seq`;
+export const PRIVACY_AT = `${PREFIX}:privacy:at`;
+export const PRIVACY_SYNC = `${PREFIX}:privacy:sync`;
+export const blocksKey = (id: string) => `${PREFIX}:blocks:${id}`;
 export const cellKey = (cell: string) => `${PREFIX}:cell:${cell}`;
 export const userKey = (id: string) => `${PREFIX}:user:${id}`;
 
@@ -150,13 +158,15 @@ export const shownDistance = (metres: number) => Math.max(1, rint(metres / 100))
 
 // ---- scripts ------------------------------------------------------------------------------
 
-const LEAVE = `
+export const LEAVE = `
 local function leave(id, cell)
   local key = '${PREFIX}:cell:' .. cell
   redis.call('ZREM', key, id)
   if redis.call('ZCARD', key) == 0 then redis.call('ZREM', '${CELLS}', cell) end
 end
+-- An incognito user is on no map: their hash says where, their cell does not hold them.
 local function place(id, cell, x, y, seen)
+  if redis.call('SISMEMBER', '${INCOGNITO}', id) == 1 then return end
   local key = '${PREFIX}:cell:' .. cell
   if redis.call('EXISTS', key) == 0 then redis.call('GEOADD', '${CELLS}', x, y, cell) end
   redis.call('ZADD', key, seen, id)
@@ -284,6 +294,20 @@ end
 
 export const canAnswer = (state: Readiness) => state === "ready" || state === "reconcile";
 
+/** Whether the safety controls' copy must be synced (live_index_privacy.ts): '' no; 'bg' this
+ * caller starts one in the background (none for 500 ms); 'wait' this caller syncs before it
+ * answers (none for a second: a change must show within one). One caller at a time. */
+export type PrivacyDue = "" | "bg" | "wait";
+
+const PRIVACY_DUE = `
+local function privacy_due()
+  local t = redis.call('TIME')
+  local age = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(redis.call('GET', '${PRIVACY_AT}') or '0')
+  if age < 500 or not redis.call('SET', '${PRIVACY_SYNC}', '1', 'PX', 2000, 'NX') then return '' end
+  return age >= 1000 and 'wait' or 'bg'
+end
+`;
+
 /** The occupied cells nearest to (lng, lat) within a radius, nearest first by Redis's own
  * distance, with the users seen since ARGV[4]: flat (cell, count, then count x (id, seen)),
  * then the names of everyone returned. It stops once `need` users are in and no farther cell
@@ -294,7 +318,7 @@ export const canAnswer = (state: Readiness) => state === "ready" || state === "r
  * it: in a busy area the answer lies within a kilometre, and searching the whole radius there
  * cost most of the script (GEOSEARCH over hundreds of cells, 350 us a call at 50k online). A
  * cell's users are read once however often the search widens. */
-const NEARBY = `${READINESS}${TAKE_LUA}
+const NEARBY = `${READINESS}${PRIVACY_DUE}${TAKE_LUA}
 -- The caller's quota first (ARGV[7..9]: bucket key, capacity, refill per second; ARGV[11] 0
 -- when this request was already charged), then, once the index can answer, how far the probe
 -- is from the caller's own cell (ARGV[10] metres, 0 for no limit; ARGV[12] the caller).
@@ -304,6 +328,7 @@ if ARGV[11] == '1' then
 end
 local state = readiness()
 if state == 'cold' or state == 'rebuild' then return {state} end
+local due = privacy_due()
 if tonumber(ARGV[10]) > 0 then
   local xy = redis.call('HMGET', '${PREFIX}:user:' .. ARGV[12], 'x', 'y')
   if not xy[1] then return {'unlocated', state} end
@@ -317,6 +342,33 @@ if tonumber(ARGV[10]) > 0 then
 end
 local lng, lat, radius, since = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local need, r = tonumber(ARGV[5]), math.min(tonumber(ARGV[3]), tonumber(ARGV[6]))
+-- Members of a set among ids, as 0/1 in their order (SMISMEMBER, 500 at a time).
+local function members(set, ids)
+  local flags = {}
+  for j = 1, #ids, 500 do
+    for _, f in ipairs(redis.call('SMISMEMBER', set, unpack(ids, j, math.min(j + 499, #ids)))) do
+      flags[#flags + 1] = f
+    end
+  end
+  return flags
+end
+-- A cell's users seen since, (id, seen) flat, without anyone blocked with the caller.
+local blocks = '${PREFIX}:blocks:' .. ARGV[12]
+local filter = redis.call('EXISTS', blocks) == 1
+local function read_cell(cell)
+  local users = redis.call('ZRANGE', '${PREFIX}:cell:' .. cell, since, '+inf', 'BYSCORE', 'WITHSCORES')
+  if not filter or #users == 0 then return users end
+  local ids = {}
+  for j = 1, #users, 2 do ids[#ids + 1] = users[j] end
+  local kept = {}
+  for q, f in ipairs(members(blocks, ids)) do
+    if f == 0 then
+      kept[#kept + 1] = users[2 * q - 1]
+      kept[#kept + 1] = users[2 * q]
+    end
+  end
+  return kept
+end
 local seen = {}
 local cells, cutoff
 while true do
@@ -329,7 +381,7 @@ while true do
     if cutoff and d > cutoff then break end
     local users = seen[c[1]]
     if not users then
-      users = redis.call('ZRANGE', '${PREFIX}:cell:' .. c[1], since, '+inf', 'BYSCORE', 'WITHSCORES')
+      users = read_cell(c[1])
       seen[c[1]] = users
     end
     count = count + #users / 2
@@ -337,6 +389,31 @@ while true do
   end
   if r >= radius or (cutoff and cutoff <= r) then break end
   r = math.min(radius, r * 4)
+end
+-- A hidden distance among the nearest is ordered by the end of its 1 km band: then everyone
+-- up to the end of the cutoff's band may come before it (find_nearby_online_users does the
+-- same).
+local anyone_hidden = redis.call('SCARD', '${HIDDEN}') > 0
+if anyone_hidden and cutoff then
+  local near = {}
+  for _, c in ipairs(cells) do
+    if tonumber(c[2]) > cutoff then break end
+    for j = 1, #seen[c[1]], 2 do near[#near + 1] = seen[c[1]][j] end
+  end
+  local hidden = false
+  for _, f in ipairs(members('${HIDDEN}', near)) do hidden = hidden or f == 1 end
+  if hidden then
+    cutoff = math.max(1, math.ceil(cutoff / 1000)) * 1000 * 1.002 + 5
+    if cutoff > r and r < radius then
+      r = math.min(radius, cutoff)
+      cells = redis.call('GEOSEARCH', '${CELLS}', 'FROMLONLAT', lng, lat, 'BYRADIUS', r, 'm',
+        'ASC', 'WITHDIST')
+    end
+    for _, c in ipairs(cells) do
+      if tonumber(c[2]) > cutoff then break end
+      if not seen[c[1]] then seen[c[1]] = read_cell(c[1]) end
+    end
+  end
 end
 local out, ids = {}, {}
 for _, c in ipairs(cells) do
@@ -358,7 +435,7 @@ for j = 1, #ids, 500 do
   for k = j, math.min(j + 499, #ids) do chunk[#chunk + 1] = ids[k] end
   for _, n in ipairs(redis.call('HMGET', '${NAMES}', unpack(chunk))) do names[#names + 1] = n or '' end
 end
-return {state, out, names}
+return {state, out, names, anyone_hidden and members('${HIDDEN}', ids) or {}, due}
 `;
 
 /** Users that do not exist (unknown ids an event named): out of the index entirely. */
@@ -375,19 +452,30 @@ return #ARGV
 `;
 
 /** (online, last seen) of each id: the user hash's o and s, or nothing when not indexed. */
-const STATUS = `${READINESS}${TAKE_LUA}
--- ARGV[1..3]: the caller's bucket (key, capacity, refill per second), charged one token per id;
--- then the ids.
-local wait = take(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), #ARGV - 3)
+const STATUS = `${READINESS}${PRIVACY_DUE}${TAKE_LUA}
+-- ARGV[1..3]: the caller's bucket (key, capacity, refill per second), charged one token per id
+-- unless ARGV[5] is 0 (a read again); ARGV[4] the caller; then the ids. 'h' for a user hidden
+-- from the caller (incognito, or a blocked pair): offline with no last seen, whatever the index
+-- holds.
+local wait = take(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5] == '1' and #ARGV - 5 or 0)
 if wait > 0 then return {'limited', tostring(wait)} end
 local state = readiness()
 if state == 'cold' or state == 'rebuild' then return {state} end
+local due = privacy_due()
+local me, blocks = ARGV[4], '${PREFIX}:blocks:' .. ARGV[4]
+local filter = redis.call('EXISTS', blocks) == 1
 local out = {}
-for i = 4, #ARGV do
-  local v = redis.call('HMGET', '${PREFIX}:user:' .. ARGV[i], 'o', 's')
-  out[i - 3] = v[1] and (v[1] .. ':' .. (v[2] or '')) or false
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  if id ~= me and (redis.call('SISMEMBER', '${INCOGNITO}', id) == 1
+      or (filter and redis.call('SISMEMBER', blocks, id) == 1)) then
+    out[i - 5] = 'h'
+  else
+    local v = redis.call('HMGET', '${PREFIX}:user:' .. id, 'o', 's')
+    out[i - 5] = v[1] and (v[1] .. ':' .. (v[2] or '')) or false
+  end
 end
-return {state, out}
+return {state, out, due}
 `;
 
 // ---- writes ------------------------------------------------------------------------------
@@ -477,9 +565,13 @@ export async function forget(r: Redis, userIds: string[]): Promise<void> {
 export interface NearbyUser {
   user_id: string;
   display_name: string;
-  distance_m: number;
+  /** Null when the user hides their distance (ordered by the end of its 1 km band). */
+  distance_m: number | null;
   last_seen_at: string | null;
 }
+
+/** Where a hidden distance is ordered: the end of its 1 km band (find_nearby_online_users). */
+export const bandEnd = (metres: number) => Math.max(1, Math.ceil(metres / 1000)) * 1000;
 
 /** Where NEARBY's search starts: three cells across. */
 const FIRST_SEARCH_M = 1500;
@@ -505,11 +597,17 @@ export async function nearby(
   caller: Caller,
   nowMs = Date.now(),
 ): Promise<
-  { state: Readiness | Refusal; users?: NearbyUser[]; retryAfter?: number; readiness?: Readiness }
+  {
+    state: Readiness | Refusal;
+    users?: NearbyUser[];
+    retryAfter?: number;
+    readiness?: Readiness;
+    privacy?: PrivacyDue;
+  }
 > {
   const excluded = caller.id;
   const need = q.limit + 1;
-  const [state, flat, names] = await runScript(r, NEARBY, [
+  const [state, flat, names, hiddenFlags, privacy] = await runScript(r, NEARBY, [
     q.lng,
     q.lat,
     q.radius_m * 1.001 + 10,
@@ -520,13 +618,20 @@ export async function nearby(
     caller.maxProbeM,
     caller.charge ? 1 : 0,
     caller.id,
-  ]) as [Readiness | Refusal, string[], string[]];
+  ]) as [Readiness | Refusal, string[], string[], number[], PrivacyDue];
   if (state === "limited") return { state, retryAfter: Number(flat) };
   if (state === "too_far" || state === "unlocated") {
     return { state, readiness: flat as unknown as Readiness };
   }
   if (!canAnswer(state)) return { state, readiness: state };
-  const found: { user_id: string; display_name: string; seen: number; d: number }[] = [];
+  const found: {
+    user_id: string;
+    display_name: string;
+    seen: number;
+    d: number;
+    hidden: boolean;
+    key: number;
+  }[] = [];
   let n = 0;
   for (let i = 0; i < flat.length;) {
     const centre = cellCentre(flat[i]);
@@ -535,18 +640,30 @@ export async function nearby(
     const d = sphereDistance(centre.lat, centre.lng, q.lat, q.lng);
     for (let k = 0; k < count; k++, i += 2, n++) {
       const id = flat[i];
-      if (d > q.radius_m || id === excluded) continue;
-      found.push({ user_id: id, display_name: names[n], seen: Number(flat[i + 1]), d });
+      const hidden = hiddenFlags[n] === 1;
+      // A hidden distance is as far as its band's end, for the radius as for the order.
+      const key = hidden ? bandEnd(d) : d;
+      if (d > q.radius_m || key > q.radius_m || id === excluded) continue;
+      found.push({
+        user_id: id,
+        display_name: names[n],
+        seen: Number(flat[i + 1]),
+        d,
+        hidden,
+        key,
+      });
     }
   }
-  found.sort((a, b) => a.d - b.d || (a.user_id < b.user_id ? -1 : a.user_id > b.user_id ? 1 : 0));
+  found.sort((a, b) =>
+    a.key - b.key || (a.user_id < b.user_id ? -1 : a.user_id > b.user_id ? 1 : 0)
+  );
   const users = found.slice(0, q.limit).map((u) => ({
     user_id: u.user_id,
     display_name: u.display_name,
-    distance_m: shownDistance(u.d),
+    distance_m: u.hidden ? null : shownDistance(u.d),
     last_seen_at: seenOfMicros(u.seen),
   }));
-  return { state, users, readiness: state };
+  return { state, users, readiness: state, privacy };
 }
 
 export interface Status {
@@ -560,17 +677,26 @@ export interface Status {
 export async function statuses(
   r: Redis,
   ids: string[],
-  caller: { id: string; quota: Quota },
+  caller: { id: string; quota: Quota; charge?: boolean },
   nowMs = Date.now(),
 ): Promise<
-  { state: Readiness | "limited"; found?: Status[]; missing?: string[]; retryAfter?: number }
+  {
+    state: Readiness | "limited";
+    found?: Status[];
+    missing?: string[];
+    retryAfter?: number;
+    privacy?: PrivacyDue;
+  }
 > {
-  const [state, raw] = await runScript(r, STATUS, [
+  const [state, raw, privacy] = await runScript(r, STATUS, [
     ...quotaArgs(caller.quota, caller.id),
+    caller.id,
+    caller.charge === false ? 0 : 1,
     ...ids,
   ]) as [
     Readiness | "limited",
     (string | null)[],
+    PrivacyDue,
   ];
   if (state === "limited") return { state, retryAfter: Number(raw) };
   if (!canAnswer(state)) return { state };
@@ -579,6 +705,7 @@ export async function statuses(
   ids.forEach((id, i) => {
     const v = raw[i];
     if (!v) return void missing.push(id);
+    if (v === "h") return void found.push({ user_id: id, is_online: false, last_seen_at: null });
     const [o, s] = v.split(":");
     const seen = s ? Number(s) : undefined;
     found.push({
@@ -587,5 +714,5 @@ export async function statuses(
       last_seen_at: seen !== undefined ? seenOfMicros(seen) : null,
     });
   });
-  return { state, found, missing };
+  return { state, found, missing, privacy };
 }

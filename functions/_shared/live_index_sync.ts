@@ -19,6 +19,8 @@ import {
   BUILT,
   forget,
   load,
+  PRIVACY_SYNC,
+  type PrivacyDue,
   prune,
   type Readiness,
   REBUILD_ONLINE,
@@ -29,6 +31,7 @@ import {
   redisMicros,
   type SnapshotRow,
 } from "./live_index.ts";
+import { syncPrivacy } from "./live_index_privacy.ts";
 import { recordIndexSync } from "./metrics.ts";
 import { connected, tryRedis, tryWrite, writer } from "./redis.ts";
 import { outsideRequest } from "./request.ts";
@@ -63,7 +66,7 @@ export function keepIndexTrue(state: Readiness): void {
   // that keep Redis free for the reads in between.
   const w = writer();
   if (!w || (state !== "rebuild" && state !== "reconcile")) return;
-  background(async () => {
+  background(REBUILDING, async () => {
     // A fresh process's writer connection may still be opening; after an outage the reads'
     // connection can be back before it (each retries on its own backoff, at most 1 s).
     if (!(await connected(w, 3000, { reconnecting: true }))) {
@@ -73,13 +76,45 @@ export function keepIndexTrue(state: Readiness): void {
   });
 }
 
-function background(work: () => Promise<void>): void {
+/** The longest a read waits for the safety controls' sync. */
+const PRIVACY_WAIT_MS = 300;
+
+/** The safety controls' sync a read was given (PrivacyDue, live_index_privacy.ts): started in
+ * the background, or run now, when none ran for a second (the caller then reads again: its
+ * answer may predate a change). Returns whether it ran now. */
+export async function keepPrivacyTrue(due: PrivacyDue | undefined): Promise<boolean> {
+  const w = writer();
+  if (!due || !w) return false;
+  if (due === "bg") {
+    background(PRIVACY_SYNC, () => syncPrivacy(w));
+    return false;
+  }
+  try {
+    await syncPrivacy(w, { deadlineMs: PRIVACY_WAIT_MS });
+    return true;
+  } catch (e) {
+    // Postgres down or slow: the read answers from the index (nothing can change while the
+    // controls cannot be set), and the lock, left to expire (2 s), spares the next reads the
+    // wait.
+    console.error(
+      JSON.stringify({ level: "error", msg: "live index privacy sync failed", error: String(e) }),
+    );
+    return false;
+  }
+}
+
+/** Lets the next request take `lock`, through whichever connection is up. */
+async function release(lock: string): Promise<void> {
+  const released = await tryWrite((r) => r.del(lock));
+  if (!released) await tryRedis((r) => r.del(lock));
+}
+
+function background(lock: string, work: () => Promise<void>): void {
   outsideRequest(() => {
     const done = work().catch(async (e) => {
-      // Let the next request try again, through whichever connection is up: a lock left
-      // behind keeps the index cold for its 120 s.
-      const released = await tryWrite((r) => r.del(REBUILDING));
-      if (!released) await tryRedis((r) => r.del(REBUILDING));
+      // Let the next request try again: a rebuild lock left behind keeps the index cold for
+      // its 120 s.
+      await release(lock);
       console.error(
         JSON.stringify({ level: "error", msg: "live index sync failed", error: String(e) }),
       );
@@ -130,6 +165,8 @@ export async function rebuild(r: Redis): Promise<boolean> {
   }
   await progress.exec();
   await prune(r, takenAt, await r.smembers(REBUILD_ONLINE));
+  // The safety controls before the index answers anyone.
+  await syncPrivacy(r, { full: true });
   await r.multi().set(BUILT, String(takenAt)).set(RECONCILED, "1", "EX", RECONCILE_SECONDS)
     .del(REBUILD_STATE, REBUILD_ONLINE, REBUILDING).exec();
   recordIndexSync("rebuild", page.rows, (performance.now() - started) / 1000, true);

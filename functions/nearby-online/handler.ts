@@ -13,7 +13,7 @@ import { fallback } from "../_shared/db.ts";
 import { readQuery } from "../_shared/replica.ts";
 import { HttpError, json, requireMethod, serveJson } from "../_shared/http.ts";
 import { nearby, type NearbyUser, seenMinute } from "../_shared/live_index.ts";
-import { fill, keepIndexTrue } from "../_shared/live_index_sync.ts";
+import { fill, keepIndexTrue, keepPrivacyTrue } from "../_shared/live_index_sync.ts";
 import { env } from "../_shared/env.ts";
 import { rateLimited } from "../_shared/quota.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
@@ -70,7 +70,7 @@ export function parseQuery(url: URL): NearbyQuery {
 interface Row {
   user_id: string;
   display_name: string;
-  distance_m: number;
+  distance_m: number | null;
   last_seen_at: Date | null;
 }
 
@@ -117,6 +117,7 @@ export const handler = serveJson("nearby-online", async (req) => {
       await fill(r, [caller]);
       read = await nearby(r, q, { ...who, charge: false });
     }
+    if (await keepPrivacyTrue(read.privacy)) read = await nearby(r, q, { ...who, charge: false });
     if (read.readiness) keepIndexTrue(read.readiness);
     if (read.state === "limited") throw rateLimited(env().quotas.nearby, read.retryAfter!);
     if (read.state === "too_far") {

@@ -12,7 +12,7 @@ import { fallback } from "../_shared/db.ts";
 import { readQuery } from "../_shared/replica.ts";
 import { HttpError, json, parseJson, readBody, requireMethod, serveJson } from "../_shared/http.ts";
 import { seenMinute, statuses } from "../_shared/live_index.ts";
-import { keepIndexTrue } from "../_shared/live_index_sync.ts";
+import { keepIndexTrue, keepPrivacyTrue } from "../_shared/live_index_sync.ts";
 import { env } from "../_shared/env.ts";
 import { rateLimited } from "../_shared/quota.ts";
 import { recordCache, recordDegraded } from "../_shared/metrics.ts";
@@ -53,11 +53,13 @@ export function parseIds(body: unknown): string[] {
   return [...new Set(parsed.data.user_ids.map((id) => id.toLowerCase()))];
 }
 
-async function fromDb(ids: string[]): Promise<Status[]> {
+/** get_online_users_batch as the viewer may see it (their blocks, others' incognito). */
+async function fromDb(viewer: string, ids: string[]): Promise<Status[]> {
   const rows = await readQuery(
     (sql) =>
       sql<{ user_id: string; is_online: boolean; last_seen_at: Date | null }[]>`
-        select user_id, is_online, last_seen_at from public.get_online_users_batch(${ids}::uuid[])`,
+        select user_id, is_online, last_seen_at
+        from private.online_users_for(${viewer}::uuid, ${ids}::uuid[])`,
     "get_online_users_batch",
   );
   return rows.map((r) => ({
@@ -81,10 +83,15 @@ export const handler = serveJson("online-status", async (req) => {
     );
   }
 
+  const viewer = claims.sub.toLowerCase();
   const read = await tryRedis(async (r) => {
-    const answer = await statuses(r, ids, { id: claims.sub.toLowerCase(), quota });
+    let answer = await statuses(r, ids, { id: viewer, quota });
     if (answer.state === "limited") throw rateLimited(quota, answer.retryAfter!);
-    keepIndexTrue(answer.state);
+    if (await keepPrivacyTrue(answer.privacy)) {
+      // Read again after the sync (the first read took the quota).
+      answer = await statuses(r, ids, { id: viewer, quota, charge: false });
+    }
+    if (answer.state !== "limited") keepIndexTrue(answer.state);
     return answer;
   });
   const found = new Map<string, Status>();
@@ -96,8 +103,8 @@ export const handler = serveJson("online-status", async (req) => {
   if (missing.length) {
     // Without the index every id is a miss: bounded like any read Postgres answers for it.
     const rows = read.ok && read.value.found
-      ? await fromDb(missing)
-      : await fallback("online-status", () => fromDb(missing));
+      ? await fromDb(viewer, missing)
+      : await fallback("online-status", () => fromDb(viewer, missing));
     for (const row of rows) found.set(row.user_id, row);
   }
   const degraded = !read.ok;

@@ -74,7 +74,7 @@ test-fuzz: install ## Malformed requests on a throwaway stack (tests/fuzz)
 BENCH_ARGS ?= --users 50000 --online-ratio 0.1 --duration 120 --warmup 60
 # The benchmarks drive thousands of requests per user: the stack's suites profile
 # (supabase/suites.env), for them and for the stack they start (prerequisites inherit it).
-bench bench-workers bench-push bench-rebuild bench-presence bench-storm bench-realtime: export SLTR_STACK_PROFILE = suites
+bench bench-workers bench-push bench-rebuild bench-presence bench-storm bench-realtime bench-blocks: export SLTR_STACK_PROFILE = suites
 
 bench: start ## Benchmark against the local stack (BENCH_ARGS="--users 1000000 ...")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/run.ts $(BENCH_ARGS)
@@ -98,10 +98,13 @@ bench-presence: start ## Presence at scale on one topic: 10,000 supabase-js sock
 bench-storm: start ## A reconnect storm: the Realtime endpoint restarted under 10,000 client-module apps (BENCH_STORM_ARGS=...)
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/storm.ts $(BENCH_STORM_ARGS)
 
+bench-blocks: start ## What blocks, incognito and hidden distances cost a nearby read, in one run (BENCH_BLOCKS_ARGS=...)
+	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/blocks.ts $(BENCH_BLOCKS_ARGS)
+
 try-presence: start ## Seed user 7 tracks presence; seed user 8 sees them nearby, then gone (examples/presence.ts)
 	@source $(S)/lib.sh && "$$NODE_BIN/deno" run -A examples/presence.ts
 
 bench-realtime: start ## Figures of the local Realtime endpoint (BENCH_REALTIME_ARGS="--connections 10000")
 	@source $(S)/lib.sh && export_app_env && "$$NODE_BIN/deno" run -A bench/realtime.ts $(BENCH_REALTIME_ARGS)
 
-.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push bench-workers bench-rebuild bench-presence bench-storm try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz
+.PHONY: help install dev start stop status migrate rollback db-status psql lint test bridge types bench bench-realtime bench-push bench-workers bench-rebuild bench-presence bench-storm bench-blocks try-presence demo migration test-db test-migrations test-functions test-realtime test-faults test-fuzz

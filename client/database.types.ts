@@ -10,6 +10,37 @@ export type Json =
 export type Database = {
   public: {
     Tables: {
+      blocks: {
+        Row: {
+          blocked_id: string;
+          blocker_id: string;
+          created_at: string;
+        };
+        Insert: {
+          blocked_id: string;
+          blocker_id: string;
+          created_at?: string;
+        };
+        Update: {
+          blocked_id?: string;
+          blocker_id?: string;
+          created_at?: string;
+        };
+        Relationships: [
+          {
+            foreignKeyName: "blocks_blocked_id_fkey";
+            columns: ["blocked_id"];
+            referencedRelation: "profiles";
+            referencedColumns: ["id"];
+          },
+          {
+            foreignKeyName: "blocks_blocker_id_fkey";
+            columns: ["blocker_id"];
+            referencedRelation: "profiles";
+            referencedColumns: ["id"];
+          },
+        ];
+      };
       favorites: {
         Row: {
           created_at: string;
@@ -30,19 +61,7 @@ export type Database = {
           {
             foreignKeyName: "favorites_favorite_id_fkey";
             columns: ["favorite_id"];
-            referencedRelation: "online_profiles";
-            referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "favorites_favorite_id_fkey";
-            columns: ["favorite_id"];
             referencedRelation: "profiles";
-            referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "favorites_user_id_fkey";
-            columns: ["user_id"];
-            referencedRelation: "online_profiles";
             referencedColumns: ["id"];
           },
           {
@@ -82,12 +101,6 @@ export type Database = {
           {
             foreignKeyName: "presence_buffer_user_id_fkey";
             columns: ["user_id"];
-            referencedRelation: "online_profiles";
-            referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "presence_buffer_user_id_fkey";
-            columns: ["user_id"];
             referencedRelation: "profiles";
             referencedColumns: ["id"];
           },
@@ -99,10 +112,12 @@ export type Database = {
           created_at: string;
           display_name: string;
           id: string;
+          incognito: boolean;
           is_online: boolean;
           last_seen_at: string | null;
           latitude: number | null;
           longitude: number | null;
+          show_distance: boolean;
           updated_at: string;
         };
         Insert: {
@@ -110,10 +125,12 @@ export type Database = {
           created_at?: string;
           display_name?: string;
           id: string;
+          incognito?: boolean;
           is_online?: boolean;
           last_seen_at?: string | null;
           latitude?: number | null;
           longitude?: number | null;
+          show_distance?: boolean;
           updated_at?: string;
         };
         Update: {
@@ -121,10 +138,12 @@ export type Database = {
           created_at?: string;
           display_name?: string;
           id?: string;
+          incognito?: boolean;
           is_online?: boolean;
           last_seen_at?: string | null;
           latitude?: number | null;
           longitude?: number | null;
+          show_distance?: boolean;
           updated_at?: string;
         };
         Relationships: [];
@@ -158,12 +177,6 @@ export type Database = {
           {
             foreignKeyName: "subscriptions_user_id_fkey";
             columns: ["user_id"];
-            referencedRelation: "online_profiles";
-            referencedColumns: ["id"];
-          },
-          {
-            foreignKeyName: "subscriptions_user_id_fkey";
-            columns: ["user_id"];
             referencedRelation: "profiles";
             referencedColumns: ["id"];
           },
@@ -178,22 +191,11 @@ export type Database = {
           id: string | null;
           is_online: boolean | null;
         };
-        Insert: {
-          avatar_url?: string | null;
-          display_name?: string | null;
-          id?: string | null;
-          is_online?: boolean | null;
-        };
-        Update: {
-          avatar_url?: string | null;
-          display_name?: string | null;
-          id?: string | null;
-          is_online?: boolean | null;
-        };
         Relationships: [];
       };
     };
     Functions: {
+      block_user: { Args: { target: string }; Returns: undefined };
       get_online_users: {
         Args: Record<PropertyKey, never>;
         Returns: {
@@ -211,6 +213,7 @@ export type Database = {
           user_id: string;
         }[];
       };
+      list_blocks: { Args: Record<PropertyKey, never>; Returns: string[] };
       nearby_online_users: {
         Args: {
           lat: number;
@@ -225,10 +228,15 @@ export type Database = {
           user_id: string;
         }[];
       };
+      set_privacy: {
+        Args: { incognito?: boolean; show_distance?: boolean };
+        Returns: Json;
+      };
       snap_location: {
         Args: { latitude: number; longitude: number };
         Returns: unknown;
       };
+      unblock_user: { Args: { target: string }; Returns: undefined };
       watch_presence: { Args: { user_ids: string[] }; Returns: number };
     };
     Enums: {

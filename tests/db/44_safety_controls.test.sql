@@ -2,7 +2,7 @@
 -- path of the database where status or location leaves it: get_online_users_batch, the legacy
 -- get_online_users and online_profiles, profiles, nearby, watch_presence and the pushes.
 begin;
-select plan(47);
+select plan(48);
 
 create temp view inbox as
   select substr(m.topic, length('presence:user:') + 1)::uuid as recipient,
@@ -177,6 +177,21 @@ select results_eq(
   'others see dan nearby, with no distance');
 select is_empty($$select from public.nearby_online_users(48.8575, 2.3510, 2500, 50) where user_id = tests.get_supabase_uid('dan')$$,
   'a radius inside the end of his band (3 km) leaves him out: the radius tells no more than the band');
+select tests.clear_authentication();
+
+-- ---- at most 10,000 blocks a user ----------------------------------------------------------
+
+select tests.create_supabase_user('eve');
+create temp table crowd on commit drop as select n, gen_random_uuid() as id from generate_series(1, 10001) as n;
+insert into auth.users (id, aud, role, email) select id, 'authenticated', 'authenticated', id || '@crowd.test' from crowd;
+insert into public.profiles (id) select id from crowd;
+insert into public.blocks (blocker_id, blocked_id)
+select tests.get_supabase_uid('eve'), c.id from crowd as c
+where c.n <= 10000;
+grant select on crowd to authenticated;
+select tests.authenticate_as('eve');
+select throws_ok($$select public.block_user((select id from crowd where n = 10001))$$, '22023',
+  'at most 10000 blocks per user', 'the 10,001st block is refused');
 select tests.clear_authentication();
 
 select * from finish();

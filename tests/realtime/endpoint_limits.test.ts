@@ -242,7 +242,11 @@ test("private_joins_share_the_database_connection_pool_and_a_long_wait_is_refuse
       })).text();
       const after = async () => {
         await sleep(1100); // the errors counter's next tick
-        return await subscribed(clients[0].channel("inbox-late", { config: { private: true } }));
+        // A socket of its own: the others hold their 100 channels (the cap).
+        const late = client(ANON_KEY, { url: server.base, token: await userJwt(users[0]) });
+        clients.push(late);
+        await late.realtime.setAuth();
+        return await subscribed(late.channel("online-users:0", { config: { private: true } }));
       };
       return { results, metrics, late: await after() };
     } finally {

@@ -328,7 +328,6 @@ if ARGV[11] == '1' then
 end
 local state = readiness()
 if state == 'cold' or state == 'rebuild' then return {state} end
-local due = privacy_due()
 if tonumber(ARGV[10]) > 0 then
   local xy = redis.call('HMGET', '${PREFIX}:user:' .. ARGV[12], 'x', 'y')
   if not xy[1] then return {'unlocated', state} end
@@ -340,6 +339,7 @@ if tonumber(ARGV[10]) > 0 then
     return {'too_far', state}
   end
 end
+local due = privacy_due()
 local lng, lat, radius, since = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local need, r = tonumber(ARGV[5]), math.min(tonumber(ARGV[3]), tonumber(ARGV[6]))
 -- Members of a set among ids, as 0/1 in their order (SMISMEMBER, 500 at a time).

@@ -112,13 +112,14 @@ export const handler = serveJson("nearby-online", async (req) => {
   const fromIndex = await tryRedis(async (r) => {
     const who = { id: caller, quota: env().quotas.nearby, maxProbeM: env().nearbyMaxProbeM };
     let read = await nearby(r, q, { ...who, charge: true });
+    // The upkeep the first read was given (a read again finds its lock taken).
+    if (read.readiness) keepIndexTrue(read.readiness);
     if (read.state === "unlocated") {
       // The index does not hold the caller's cell (offline for a while): from Postgres, once.
       await fill(r, [caller]);
       read = await nearby(r, q, { ...who, charge: false });
     }
     if (await keepPrivacyTrue(read.privacy)) read = await nearby(r, q, { ...who, charge: false });
-    if (read.readiness) keepIndexTrue(read.readiness);
     if (read.state === "limited") throw rateLimited(env().quotas.nearby, read.retryAfter!);
     if (read.state === "too_far") {
       throw new HttpError(

@@ -87,11 +87,12 @@ export const handler = serveJson("online-status", async (req) => {
   const read = await tryRedis(async (r) => {
     let answer = await statuses(r, ids, { id: viewer, quota });
     if (answer.state === "limited") throw rateLimited(quota, answer.retryAfter!);
+    // The upkeep the first read was given (a read again finds its lock taken).
+    keepIndexTrue(answer.state);
     if (await keepPrivacyTrue(answer.privacy)) {
       // Read again after the sync (the first read took the quota).
       answer = await statuses(r, ids, { id: viewer, quota, charge: false });
     }
-    if (answer.state !== "limited") keepIndexTrue(answer.state);
     return answer;
   });
   const found = new Map<string, Status>();

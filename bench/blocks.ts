@@ -13,7 +13,7 @@ import { localUserJwt } from "../scripts/token.ts";
 import { cpuSeconds, Latency, numberFlag, paced, progress, sleep } from "./lib.ts";
 import { ID_PREFIX, idOf, seedUsers } from "./population.ts";
 import { DB_URL, FUNCTIONS_URL, REDIS_URL, STATE_DIR as STATE } from "../tests/_lib/env.ts";
-import { BUILT, PRIVACY_SEQ } from "../functions/_shared/live_index.ts";
+import { BUILT, PRIVACY_SINCE } from "../functions/_shared/live_index.ts";
 
 const USERS = numberFlag("users", 20_000);
 const ONLINE = Math.round(USERS * numberFlag("online-ratio", 0.1));
@@ -132,9 +132,9 @@ const [{ blocks }] = await sql<{ blocks: number }[]>`
   select count(*)::int as blocks from public.blocks
   where blocker_id between ${idOf(1)}::uuid and ${idOf(USERS)}::uuid`;
 // The index loads it all (a full sync, as after a rebuild), then the second phase.
-await redis.del(PRIVACY_SEQ);
+await redis.del(PRIVACY_SINCE);
 const syncStarted = performance.now();
-while (await redis.get(PRIVACY_SEQ) === null) {
+while (await redis.get(PRIVACY_SINCE) === null) {
   await (await fetch(`${FUNCTIONS_URL}/nearby-online?lat=${where[1].lat}&lng=${where[1].lng}`, {
     headers: { authorization: `Bearer ${tokens[1]}` },
   })).arrayBuffer();
@@ -150,7 +150,7 @@ await sql`delete from public.blocks where blocker_id between ${idOf(1)}::uuid an
 }::uuid`;
 await sql`update public.profiles set incognito = false, show_distance = true
           where id between ${idOf(1)}::uuid and ${idOf(USERS)}::uuid`;
-await redis.del(PRIVACY_SEQ);
+await redis.del(PRIVACY_SINCE);
 
 const held = [without, withControls].every((p) =>
   p.achieved_per_second >= RATE * 0.95 && p.not_from_the_index <= p.requests * 0.01

@@ -15,12 +15,21 @@ export interface OnlineStatus {
   last_seen_at: string | null;
 }
 
-/** Someone online nearby: a distance rounded to 100 m from their ~500 m cell, no coordinates. */
+/** Someone online nearby: a distance rounded to 100 m from their ~500 m cell, no coordinates;
+ * null when they hide it (then ordered by the end of its 1 km band). */
 export interface NearbyUser {
   user_id: string;
   display_name: string;
-  distance_m: number;
+  distance_m: number | null;
   last_seen_at: string | null;
+}
+
+/** The signed-in user's safety settings (docs/privacy.md, "Safety controls"). */
+export interface PrivacySettings {
+  /** Appear offline to everyone. */
+  incognito: boolean;
+  /** False: others see no distance to this user. */
+  show_distance: boolean;
 }
 
 export interface NearbyQuery {
@@ -131,6 +140,33 @@ export class SltrApi {
     const { data, error, status } = await this.supabase.rpc("watch_presence", args);
     if (error) throw rpcError(error, status);
     return data as number;
+  }
+
+  /** RPC block_user: neither sees the other anywhere; they leave each other's favorites and
+   * watch lists. At most 10,000 (invalid_argument beyond). */
+  async blockUser(userId: string): Promise<void> {
+    const { error, status } = await this.supabase.rpc("block_user", { target: userId });
+    if (error) throw rpcError(error, status);
+  }
+
+  /** RPC unblock_user. */
+  async unblockUser(userId: string): Promise<void> {
+    const { error, status } = await this.supabase.rpc("unblock_user", { target: userId });
+    if (error) throw rpcError(error, status);
+  }
+
+  /** RPC list_blocks: the users the caller blocked. */
+  async blockedIds(): Promise<string[]> {
+    const { data, error, status } = await this.supabase.rpc("list_blocks");
+    if (error) throw rpcError(error, status);
+    return (data ?? []) as string[];
+  }
+
+  /** RPC set_privacy: changes the settings given, returns all of them. */
+  async setPrivacy(settings: Partial<PrivacySettings>): Promise<PrivacySettings> {
+    const { data, error, status } = await this.supabase.rpc("set_privacy", settings);
+    if (error) throw rpcError(error, status);
+    return data as unknown as PrivacySettings;
   }
 
   /** The signed-in user's favorites (the favorites table, their rows only by RLS). */

@@ -77,57 +77,58 @@ create table private.privacy_changes (
 );
 
 comment on table private.privacy_changes is
-  'Users whose blocks or settings changed, in order: the live index applies each one''s '
-  'current state (private.live_index_privacy) from the last seq it applied. Pruned after a day '
-  '(cron privacy-changes-prune); an index that fell further behind reloads everything.';
+  'Users whose blocks or settings changed, and when (the changing transaction''s start): the '
+  'live index applies the current state (private.live_index_privacy) of everyone changed since '
+  'its last sync, less an overlap, as a transaction may commit after a later one. Pruned after '
+  'a day (cron privacy-changes-prune); an index that fell further behind reloads everything.';
 
 alter table private.privacy_changes enable row level security;
 
 create index privacy_changes_changed_at_idx on private.privacy_changes (changed_at);
 
-create function private.live_index_privacy(after_seq bigint)
-returns table (seq bigint, user_id uuid, incognito boolean, show_distance boolean, blocked uuid[])
-language sql stable security definer set search_path = ''
+create function private.live_index_privacy(since timestamptz)
+returns table (user_id uuid, incognito boolean, show_distance boolean, blocked uuid[])
+language plpgsql stable security definer set search_path = ''
 as $$
-  -- after_seq null: every user with a non-default state (a rebuild), at the current seq.
-  with changed as (
-    select max(c.seq) as seq, c.user_id
-    from private.privacy_changes as c
-    where after_seq is not null and c.seq > after_seq
-    group by c.user_id
-    union all
-    select (select coalesce(max(c.seq), 0) from private.privacy_changes as c), u.id
-    from (
-      select p.id from public.profiles as p where after_seq is null and (p.incognito or not p.show_distance)
+declare
+  changed uuid[];
+begin
+  if since is null then
+    -- Every user with a non-default state (a rebuild).
+    changed := array(
+      select p.id from public.profiles as p where p.incognito or not p.show_distance
       union
-      select k.blocker_id from public.blocks as k where after_seq is null
+      select k.blocker_id from public.blocks as k
       union
-      select k.blocked_id from public.blocks as k where after_seq is null
-    ) as u
-  )
-  select c.seq, p.id, p.incognito, p.show_distance,
-         array(
-           select k.blocked_id from public.blocks as k where k.blocker_id = p.id
-           union
-           select k.blocker_id from public.blocks as k where k.blocked_id = p.id
-         )
-  from changed as c
-  join public.profiles as p on p.id = c.user_id
-  order by c.seq, p.id
+      select k.blocked_id from public.blocks as k);
+  else
+    changed := array(
+      select distinct c.user_id from private.privacy_changes as c where c.changed_at >= since);
+  end if;
+  return query
+    select p.id, p.incognito, p.show_distance,
+           array(
+             select k.blocked_id from public.blocks as k where k.blocker_id = p.id
+             union
+             select k.blocker_id from public.blocks as k where k.blocked_id = p.id
+           )
+    from public.profiles as p
+    where p.id = any (changed)
+    order by p.id;
+end
 $$;
 
-comment on function private.live_index_privacy(bigint) is
+comment on function private.live_index_privacy(timestamptz) is
   'The current privacy state (incognito, show_distance, everyone blocked with them either way) '
-  'of each user changed after after_seq, with the seq of their last change; after_seq null: of '
-  'every user whose state is not the default. For the live index (functions/_shared/'
-  'live_index_privacy.ts).';
+  'of each user changed since `since`; null: of every user whose state is not the default. For '
+  'the live index (functions/_shared/live_index_privacy.ts).';
 
-create function private.privacy_changes_bounds(out oldest bigint, out newest bigint)
+create function private.privacy_changes_bounds(out oldest timestamptz, out now timestamptz)
 language sql stable security definer set search_path = ''
-as $$ select min(c.seq), max(c.seq) from private.privacy_changes as c $$;
+as $$ select (select min(c.changed_at) from private.privacy_changes as c), pg_catalog.now() $$;
 
 comment on function private.privacy_changes_bounds() is
-  'The oldest and newest changes kept: an index that applied less than the oldest minus one '
+  'The oldest change kept, and the database''s time: an index last synced before the oldest '
   'reloads everything.';
 
 create function private.prune_privacy_changes() returns integer
@@ -136,8 +137,6 @@ as $$
   with gone as (
     delete from private.privacy_changes as c
     where c.changed_at < pg_catalog.now() - interval '1 day'
-      -- Keep the newest, so that the oldest kept seq never runs ahead of what exists.
-      and c.seq < (select max(m.seq) from private.privacy_changes as m)
     returning 1
   )
   select count(*)::integer from gone
@@ -147,7 +146,7 @@ comment on function private.prune_privacy_changes() is
   'Deletes privacy changes older than a day (cron privacy-changes-prune).';
 
 revoke execute on function private.blocked_pair(uuid, uuid) from public, anon, authenticated;
-revoke execute on function private.live_index_privacy(bigint) from public, anon, authenticated;
+revoke execute on function private.live_index_privacy(timestamptz) from public, anon, authenticated;
 revoke execute on function private.privacy_changes_bounds() from public, anon, authenticated;
 revoke execute on function private.prune_privacy_changes() from public, anon, authenticated;
 
@@ -338,7 +337,7 @@ do $$
 begin
   if exists (select from pg_catalog.pg_roles where rolname = 'sltr_functions') then
     grant execute on function private.online_users_for(uuid, uuid[]) to sltr_functions;
-    grant execute on function private.live_index_privacy(bigint) to sltr_functions;
+    grant execute on function private.live_index_privacy(timestamptz) to sltr_functions;
     grant execute on function private.privacy_changes_bounds() to sltr_functions;
   end if;
 end

@@ -326,7 +326,7 @@ drop function private.online_users_for(uuid, uuid[]);
 drop function private.blocked_with_me(uuid);
 drop function private.prune_privacy_changes();
 drop function private.privacy_changes_bounds();
-drop function private.live_index_privacy(bigint);
+drop function private.live_index_privacy(timestamptz);
 drop function private.blocked_pair(uuid, uuid);
 drop table private.privacy_changes;
 drop table public.blocks;

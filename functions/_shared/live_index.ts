@@ -43,7 +43,7 @@ export const RECONCILE_SECONDS = 60;
 export const INCOGNITO = `${PREFIX}:incognito`;
 export const HIDDEN = `${PREFIX}:hidden`;
 export const BLOCKING = `${PREFIX}:blocking`;
-export const PRIVACY_SEQ = `${PREFIX}:privacy:seq`;
+export const PRIVACY_SINCE = `${PREFIX}:privacy:since`;
 export const PRIVACY_AT = `${PREFIX}:privacy:at`;
 export const PRIVACY_SYNC = `${PREFIX}:privacy:sync`;
 export const blocksKey = (id: string) => `${PREFIX}:blocks:${id}`;

@@ -5,7 +5,9 @@
 //   {live}:hidden           set: users whose distance is hidden (show_distance false)
 //   {live}:blocks:<id>      set: everyone blocked with <id>, either way (absent: nobody)
 //   {live}:blocking         set: the users that have a blocks set
-//   {live}:privacy:seq      the last private.privacy_changes seq applied
+//   {live}:privacy:since    where the next sync starts reading private.privacy_changes (the
+//                           last sync's database time, less OVERLAP_MS: a change may commit
+//                           after a later one, and is applied when it shows)
 //   {live}:privacy:at       when it was applied (Redis time, ms)
 //   {live}:privacy:sync     held by the one process syncing now (2 s at most)
 // The block_user / set_privacy RPCs write Postgres only; every read's script asks whether a sync
@@ -21,7 +23,7 @@ import {
   LEAVE,
   PREFIX,
   PRIVACY_AT,
-  PRIVACY_SEQ,
+  PRIVACY_SINCE,
   PRIVACY_SYNC,
 } from "./live_index.ts";
 import { runScript } from "./redis.ts";
@@ -54,10 +56,10 @@ local function set_blocks(id, ids)
 end
 `;
 
-/** Users' whole state: ARGV[1] the seq they are current to, then per user (id, incognito 1|0,
- * hidden 1|0, n, n ids blocked with them). */
+/** Users' whole state: per user (id, incognito 1|0, hidden 1|0, n, n ids blocked with them).
+ * Applying a state twice changes nothing: the windows of two syncs overlap. */
 const APPLY = `${SET_STATE}
-local i = 2
+local i = 1
 while i <= #ARGV do
   local id, n = ARGV[i], tonumber(ARGV[i + 3])
   set_incognito(id, ARGV[i + 1] == '1')
@@ -67,10 +69,6 @@ while i <= #ARGV do
   for k = 1, n do ids[k] = ARGV[i + 3 + k] end
   set_blocks(id, ids)
   i = i + 4 + n
-end
-local seq = tonumber(ARGV[1])
-if seq > tonumber(redis.call('GET', '${PRIVACY_SEQ}') or '-1') then
-  redis.call('SET', '${PRIVACY_SEQ}', ARGV[1])
 end
 return 1
 `;
@@ -94,65 +92,80 @@ end
 return swept
 `;
 
-/** Marks the sync done (Redis time) and lets the next one go. */
+/** Marks the sync done (Redis time), where the next one starts (ARGV[1]), and lets it go. */
 const DONE = `
 local t = redis.call('TIME')
 redis.call('SET', '${PRIVACY_AT}', t[1] * 1000 + math.floor(t[2] / 1000))
+redis.call('SET', '${PRIVACY_SINCE}', ARGV[1])
 redis.call('DEL', '${PRIVACY_SYNC}')
 return 1
 `;
 
+/** How far a sync reads back before the last one's time: longer than any transaction that
+ * changes the controls may take to commit (the RPCs run under an 8 s statement timeout). */
+const OVERLAP_MS = 15_000;
+
 interface StateRow {
-  seq: string;
   user_id: string;
   incognito: boolean;
   show_distance: boolean;
   blocked: string[];
 }
 
+/** One sync's queries (a full load of a large population takes seconds). */
+const SYNC_DEADLINE_MS = 30_000;
+
 /** Users' rows into the index, a few hundred users (or blocks) a script. */
-async function apply(r: Redis, rows: StateRow[], seq: number): Promise<void> {
-  let args: (string | number)[] = [seq];
+async function apply(r: Redis, rows: StateRow[]): Promise<void> {
+  let args: (string | number)[] = [];
   for (const row of rows) {
     args.push(row.user_id, row.incognito ? 1 : 0, row.show_distance ? 0 : 1, row.blocked.length);
     args.push(...row.blocked);
     if (args.length > 5000) {
       await runScript(r, APPLY, args);
-      args = [seq];
+      args = [];
     }
   }
-  if (args.length > 1 || rows.length === 0) await runScript(r, APPLY, args);
+  if (args.length) await runScript(r, APPLY, args);
 }
 
 /** One sync: the users changed since the last applied seq (every user with a state when the
  * index has none yet, or when it fell behind what Postgres keeps), from the primary. */
-export async function syncPrivacy(
-  r: Redis,
-  { full = false, deadlineMs }: { full?: boolean; deadlineMs?: number } = {},
-): Promise<void> {
-  const held = await r.get(PRIVACY_SEQ);
+export async function syncPrivacy(r: Redis, { full = false } = {}): Promise<void> {
+  // The lock a read took lasts 2 s: held for as long as this sync takes (a full load may take
+  // seconds, and two syncs at once could undo each other: a full load's SWEEP would clear what
+  // a newer one applied), and 2 s again after a failure, before the next one may try.
+  await r.pexpire(PRIVACY_SYNC, SYNC_DEADLINE_MS * 2);
+  try {
+    await sync(r, full);
+  } catch (e) {
+    await r.pexpire(PRIVACY_SYNC, 2000).catch(() => 0);
+    throw e;
+  }
+}
+
+async function sync(r: Redis, full: boolean): Promise<void> {
+  const held = await r.get(PRIVACY_SINCE);
   const [bounds] = await query(
     (sql) =>
-      sql<{ oldest: string | null; newest: string | null }[]>`
-        select oldest, newest from private.privacy_changes_bounds()`,
+      sql<{ oldest: Date | null; now: Date }[]>`
+        select oldest, now from private.privacy_changes_bounds()`,
     "live_index_privacy",
-    deadlineMs,
+    SYNC_DEADLINE_MS,
   );
-  const behind = held !== null && bounds.oldest !== null &&
-    Number(held) < Number(bounds.oldest) - 1;
-  const after = full || held === null || behind ? null : Number(held);
+  // No copy yet, or one older than what Postgres keeps: everything.
+  const since = full || held === null || (bounds.oldest !== null && new Date(held) < bounds.oldest)
+    ? null
+    : new Date(held);
   const rows = await query(
     (sql) =>
-      sql<StateRow[]>`select seq, user_id, incognito, show_distance, blocked
-                      from private.live_index_privacy(${after}::bigint)`,
+      sql<StateRow[]>`select user_id, incognito, show_distance, blocked
+                      from private.live_index_privacy(${since}::timestamptz)`,
     "live_index_privacy",
-    deadlineMs,
+    SYNC_DEADLINE_MS,
   );
-  const seq = Math.max(
-    after ?? Number(bounds.newest ?? 0),
-    ...rows.map((row) => Number(row.seq)),
-  );
-  await apply(r, rows, seq);
-  if (after === null) await runScript(r, SWEEP, rows.map((row) => row.user_id));
-  await runScript(r, DONE, []);
+  await apply(r, rows);
+  if (since === null) await runScript(r, SWEEP, rows.map((row) => row.user_id));
+  const next = new Date(bounds.now.getTime() - OVERLAP_MS).toISOString();
+  await runScript(r, DONE, [next]);
 }

@@ -126,6 +126,18 @@ export const liveIndexSyncSeconds = new Counter({
   registers: [registry],
 });
 
+export const liveIndexPrivacyWaits = new Counter({
+  name: "sltr_live_index_privacy_waits_total",
+  help: "Reads that waited (300 ms at most) for the safety controls' sync because none ran for " +
+    "a second: synced, or answered before it ended.",
+  labelNames: ["outcome"] as const,
+  registers: [registry],
+});
+
+export function recordPrivacyWait(outcome: "synced" | "answered_before"): void {
+  liveIndexPrivacyWaits.labels(outcome).inc();
+}
+
 /** A rebuild's step or a reconciliation of the live index (`completed`: the rebuild's last). */
 export function recordIndexSync(
   kind: "rebuild" | "reconcile",

@@ -34,7 +34,7 @@ select results_eq(
     order by 1$$,
   array['get_online_users_batch(uuid[])', 'monitoring.metrics_snapshot()',
         'private.find_nearby_online_users(double precision,double precision,integer,integer,uuid)',
-        'private.ingest_presence(jsonb)', 'private.live_index_privacy(bigint)',
+        'private.ingest_presence(jsonb)', 'private.live_index_privacy(timestamp with time zone)',
         'private.live_index_snapshot(boolean,uuid[])', 'private.live_index_snapshot_page(uuid,integer)',
         'private.online_users_for(uuid,uuid[])', 'private.privacy_changes_bounds()'],
   'sltr_functions executes the nine RPCs the functions call, and no other function of ours');

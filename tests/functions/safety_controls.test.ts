@@ -4,6 +4,7 @@
 // online-status within a second, from the index as from Postgres (Redis down).
 import assert from "node:assert/strict";
 import { createClient } from "@supabase/supabase-js";
+import { type Database, SltrApi } from "../../client/mod.ts";
 import { ANON_KEY, API_URL } from "../_lib/env.ts";
 import { test } from "../_lib/harness.ts";
 import {
@@ -18,17 +19,26 @@ import {
   stop,
 } from "./_neighbourhood.ts";
 
-/** supabase-js signed in as `p` (its token), as an app calls the RPCs. */
+/** The client module's API as `p`'s app (supabase-js with p's token). */
 const app = (p: Person) =>
-  createClient(API_URL, ANON_KEY, {
+  new SltrApi(createClient<Database>(API_URL, ANON_KEY, {
     auth: { persistSession: false, autoRefreshToken: false },
     accessToken: () => Promise.resolve(p.jwt),
-  });
+  }));
 
-async function rpc(p: Person, fn: string, args: Record<string, unknown>) {
-  const { data, error } = await app(p).rpc(fn, args);
-  assert.equal(error, null, `${fn}: ${JSON.stringify(error)}`);
-  return data;
+async function rpc(p: Person, fn: string, args: Record<string, unknown>): Promise<unknown> {
+  const api = app(p);
+  switch (fn) {
+    case "block_user":
+      return await api.blockUser(args.target as string);
+    case "unblock_user":
+      return await api.unblockUser(args.target as string);
+    case "list_blocks":
+      return await api.blockedIds();
+    case "set_privacy":
+      return await api.setPrivacy(args);
+  }
+  throw new Error(`no such call ${fn}`);
 }
 
 const ids = (a: { body: { users: { user_id: string }[] } }) => a.body.users.map((u) => u.user_id);
@@ -47,7 +57,8 @@ let viewer: Person, near: Person, mid: Person, far: Person;
 
 test("setup_online_around_a_viewer", async () => {
   viewer = await createUser("viewer", at(0, 0), false);
-  near = await createUser("near", at(300, 0), false);
+  // 500 m apart at least, so that no two share a ~500 m cell (a tie would order them by id).
+  near = await createUser("near", at(200, 0), false);
   mid = await createUser("mid", at(700, 0), false);
   far = await createUser("far", at(1600, 0), false);
   for (const p of [viewer, near, mid, far]) await report(p, "online", { lat: p.lat, lng: p.lng });
@@ -133,7 +144,7 @@ test("a_hidden_distance_is_null_and_ordered_by_the_end_of_its_band", async () =>
     u.user_id,
     u.distance_m === null ? null : u.distance_m < 1000 ? "under 1 km" : "over 1 km",
   ]);
-  // near (300 m) sorts at 1 km, the end of its band: after mid (700 m), before far (1.6 km).
+  // near (200 m) sorts at 1 km, the end of its band: after mid (700 m), before far (1.6 km).
   assert.deepEqual(shown, [[mid.id, "under 1 km"], [near.id, null], [far.id, "over 1 km"]]);
   const midShown = answer.body.users[0].distance_m as number;
   const inside = await nearby(viewer, viewer, { radius: Math.min(990, midShown + 100) });

@@ -369,12 +369,18 @@ local function read_cell(cell)
   end
   return kept
 end
-local seen = {}
+-- A hidden distance is ordered (and counted toward need) at the end of its 1 km band, as
+-- find_nearby_online_users orders it: the walk counts a hidden user only once it has passed
+-- their band's end (on Redis's distances, with the margin), so the cutoff covers everyone
+-- whose place in the order could be before the need-th. Their flags come with their cell.
+local anyone_hidden = redis.call('SCARD', '${HIDDEN}') > 0
+local function band_end(d) return math.max(1, math.ceil((d * 1.002 + 5) / 1000)) * 1000 end
+local seen, flags = {}, {}
 local cells, cutoff
 while true do
   cells = redis.call('GEOSEARCH', '${CELLS}', 'FROMLONLAT', lng, lat, 'BYRADIUS', r, 'm',
     'ASC', 'WITHDIST')
-  local count = 0
+  local count, pending = 0, {}
   cutoff = nil
   for _, c in ipairs(cells) do
     local d = tonumber(c[2])
@@ -383,49 +389,39 @@ while true do
     if not users then
       users = read_cell(c[1])
       seen[c[1]] = users
+      if anyone_hidden and #users > 0 then
+        local ids = {}
+        for j = 1, #users, 2 do ids[#ids + 1] = users[j] end
+        flags[c[1]] = members('${HIDDEN}', ids)
+      end
     end
-    count = count + #users / 2
+    local f = flags[c[1]]
+    for q = 1, #users / 2 do
+      if f and f[q] == 1 then pending[#pending + 1] = band_end(d) else count = count + 1 end
+    end
+    local waiting = {}
+    for _, b in ipairs(pending) do
+      if b <= d then count = count + 1 else waiting[#waiting + 1] = b end
+    end
+    pending = waiting
     if not cutoff and count >= need then cutoff = d * 1.002 + 5 end
   end
   if r >= radius or (cutoff and cutoff <= r) then break end
   r = math.min(radius, r * 4)
 end
--- A hidden distance among the nearest is ordered by the end of its 1 km band: then everyone
--- up to the end of the cutoff's band may come before it (find_nearby_online_users does the
--- same).
-local anyone_hidden = redis.call('SCARD', '${HIDDEN}') > 0
-if anyone_hidden and cutoff then
-  local near = {}
-  for _, c in ipairs(cells) do
-    if tonumber(c[2]) > cutoff then break end
-    for j = 1, #seen[c[1]], 2 do near[#near + 1] = seen[c[1]][j] end
-  end
-  local hidden = false
-  for _, f in ipairs(members('${HIDDEN}', near)) do hidden = hidden or f == 1 end
-  if hidden then
-    cutoff = math.max(1, math.ceil(cutoff / 1000)) * 1000 * 1.002 + 5
-    if cutoff > r and r < radius then
-      r = math.min(radius, cutoff)
-      cells = redis.call('GEOSEARCH', '${CELLS}', 'FROMLONLAT', lng, lat, 'BYRADIUS', r, 'm',
-        'ASC', 'WITHDIST')
-    end
-    for _, c in ipairs(cells) do
-      if tonumber(c[2]) > cutoff then break end
-      if not seen[c[1]] then seen[c[1]] = read_cell(c[1]) end
-    end
-  end
-end
-local out, ids = {}, {}
+local out, ids, hidden = {}, {}, {}
 for _, c in ipairs(cells) do
   if cutoff and tonumber(c[2]) > cutoff then break end
   local users = seen[c[1]]
   if #users > 0 then
     out[#out + 1] = c[1]
     out[#out + 1] = #users / 2
+    local f = flags[c[1]]
     for j = 1, #users, 2 do
       out[#out + 1] = users[j]
       out[#out + 1] = users[j + 1]
       ids[#ids + 1] = users[j]
+      if anyone_hidden then hidden[#hidden + 1] = f and f[(j + 1) / 2] or 0 end
     end
   end
 end
@@ -435,7 +431,7 @@ for j = 1, #ids, 500 do
   for k = j, math.min(j + 499, #ids) do chunk[#chunk + 1] = ids[k] end
   for _, n in ipairs(redis.call('HMGET', '${NAMES}', unpack(chunk))) do names[#names + 1] = n or '' end
 end
-return {state, out, names, anyone_hidden and members('${HIDDEN}', ids) or {}, due}
+return {state, out, names, hidden, due}
 `;
 
 /** Users that do not exist (unknown ids an event named): out of the index entirely. */

@@ -112,8 +112,8 @@ begin
              union
              select k.blocker_id from public.blocks as k where k.blocked_id = p.id
            )
-    from public.profiles as p
-    where p.id = any (changed)
+    from unnest(changed) as c (id)
+    join public.profiles as p on p.id = c.id
     order by p.id;
 end
 $$;

@@ -105,16 +105,25 @@ begin
     changed := array(
       select distinct c.user_id from private.privacy_changes as c where c.changed_at >= since);
   end if;
-  return query
+  -- Planned for this call's ids (EXECUTE): a plan cached while blocks was small scanned it
+  -- once per user (a full load of 20,000 users with 488k blocks ran for 19 minutes). One
+  -- pass over each direction's index, grouped.
+  return query execute $q$
+    with pairs as (
+      select k.blocker_id as user_id, k.blocked_id as other
+      from public.blocks as k where k.blocker_id = any ($1)
+      union
+      select k.blocked_id, k.blocker_id
+      from public.blocks as k where k.blocked_id = any ($1)
+    )
     select p.id, p.incognito, p.show_distance,
-           array(
-             select k.blocked_id from public.blocks as k where k.blocker_id = p.id
-             union
-             select k.blocker_id from public.blocks as k where k.blocked_id = p.id
-           )
-    from unnest(changed) as c (id)
+           coalesce(array_agg(x.other) filter (where x.other is not null), '{}')
+    from unnest($1) as c (id)
     join public.profiles as p on p.id = c.id
-    order by p.id;
+    left join pairs as x on x.user_id = p.id
+    group by p.id, p.incognito, p.show_distance
+    order by p.id
+  $q$ using changed;
 end
 $$;
 
@@ -387,10 +396,7 @@ as $$
   from public.profiles as p
   where p.is_online
     and (not p.incognito or p.id = (select auth.uid()))
-    and not exists (
-      select 1 from public.blocks as k
-      where (k.blocker_id = (select auth.uid()) and k.blocked_id = p.id)
-         or (k.blocker_id = p.id and k.blocked_id = (select auth.uid())))
+    and not private.blocked_pair((select auth.uid()), p.id)
 $$;
 
 -- The legacy view reads through the same rule (the column is_online is no longer granted).
@@ -611,9 +617,7 @@ begin
   select distinct me, p.id, statement_timestamp() + interval '10 minutes'
   from public.profiles as p
   where p.id = any (coalesce(user_ids, '{}')) and p.id <> me
-    and not exists (
-      select 1 from public.blocks as k
-      where (k.blocker_id = me and k.blocked_id = p.id) or (k.blocker_id = p.id and k.blocked_id = me));
+    and not private.blocked_pair(me, p.id);
 
   select count(*) into watched
   from (
@@ -654,10 +658,7 @@ as $$
     -- Blocks remove favorites and watches; one made since (a favorite added again through the
     -- table) still tells nothing.
     select w.* from watching as w
-    where not exists (
-      select 1 from public.blocks as k
-      where (k.blocker_id = w.watcher_id and k.blocked_id = w.user_id)
-         or (k.blocker_id = w.user_id and k.blocked_id = w.watcher_id))
+    where not private.blocked_pair(w.watcher_id, w.user_id)
   ),
   online as (
     -- Watchers online now, by the read rule (get_online_users_batch).
